@@ -1,0 +1,320 @@
+"""Experiment configuration: pydantic models loaded from YAML with `${ENV:default}` interpolation.
+
+One `ExperimentConfig` describes a whole run: the model ladder (small first, large last), the
+benchmark, the routing problem, training, calibration, tracking and where outputs go. Every model
+is frozen and forbids unknown keys, so a typo in a YAML file fails at load time with one error
+that names the key, the file and the fix, instead of being silently ignored.
+
+Relative paths in a config (data sources, local model folders, output folders) are resolved
+against the current working directory: run commands from the repository root.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+__all__ = [
+    "CalibrationConfig",
+    "ConfigError",
+    "CostConfig",
+    "DatasetConfig",
+    "ExperimentConfig",
+    "ModelConfig",
+    "ResourcesConfig",
+    "RoutingConfig",
+    "SamplingConfig",
+    "SplitFractions",
+    "TrackingConfig",
+    "TrainingConfig",
+    "interpolate_env",
+    "load_config",
+]
+
+
+class ConfigError(ValueError):
+    """A configuration file could not be read or is invalid. The message says where and how to fix."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Models
+# --------------------------------------------------------------------------------------------
+
+
+class ResourcesConfig(_Frozen):
+    """What the Ray actor hosting an engine asks for."""
+
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per engine replica (0 on CPU).")
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs to shard the model over.")
+    num_cpus: float = Field(1.0, ge=0, description="CPU cores reserved for the engine actor.")
+    custom_resources: dict[str, float] = Field(
+        default_factory=dict, description="Ray custom resources, e.g. {small_llm: 1}."
+    )
+
+
+class SamplingConfig(_Frozen):
+    """How one reasoning step is generated."""
+
+    temperature: float = Field(0.0, ge=0, description="0 = greedy, which makes steps cacheable.")
+    max_step_tokens: int = Field(256, ge=1, description="Cap on the tokens of one step.")
+    n_logprobs: int = Field(5, ge=0, le=20, description="Top-k logprobs returned per token.")
+    seed: int | None = Field(0, description="Sampling seed (makes sampled steps cacheable).")
+
+
+class CostConfig(_Frozen):
+    """Inputs of the cost models: parameter count for `flops`, per-token prices for `price`."""
+
+    parameters: float | None = Field(None, gt=0, description="Model parameters (for flops).")
+    input_price_per_token: float | None = Field(None, ge=0, description="Price of a prompt token.")
+    output_price_per_token: float | None = Field(
+        None, ge=0, description="Price of an output token."
+    )
+
+
+class ModelConfig(_Frozen):
+    """One model of the ladder. `name` is the id used in reports, routing actions and Serve."""
+
+    name: str = Field(..., min_length=1, description="Short id, e.g. 'small' or 'large'.")
+    path: str = Field(..., min_length=1, description="Hugging Face id or local folder.")
+    engine: Literal["vllm", "openai"] = "vllm"
+    revision: str | None = None
+    dtype: str = Field("auto", description="vLLM dtype: auto, float32, bfloat16, float16.")
+    max_model_len: int | None = Field(None, ge=16)
+    kv_cache_memory_bytes: int | None = Field(None, gt=0, description="Explicit KV cache size.")
+    gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
+    api_base: str | None = Field(None, description="OpenAI-compatible base URL (engine: openai).")
+    api_key_env: str | None = Field(None, description="Environment variable holding the API key.")
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    cost: CostConfig = Field(default_factory=CostConfig)
+
+    @model_validator(mode="after")
+    def _engine_needs(self) -> ModelConfig:
+        if self.engine == "openai" and not self.api_base:
+            raise ValueError("engine 'openai' needs api_base (the server's /v1 URL)")
+        if self.resources.tensor_parallel_size > 1 and self.resources.num_gpus == 0:
+            raise ValueError("tensor_parallel_size > 1 needs num_gpus > 0")
+        return self
+
+
+class SplitFractions(_Frozen):
+    train: float = Field(0.6, ge=0, le=1)
+    calibration: float = Field(0.2, ge=0, le=1)
+    test: float = Field(0.2, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> SplitFractions:
+        total = self.train + self.calibration + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"split fractions must sum to 1 (got {total:g})")
+        return self
+
+
+DatasetName = Literal["gsm8k", "math500", "omnimath", "omnimath_rule", "testbed"]
+
+
+class DatasetConfig(_Frozen):
+    name: DatasetName
+    source: str | None = Field(None, description="Local file or folder with the benchmark.")
+    file_split: str = Field(
+        "test", description="Which file of a folder source (GSM8K: test/train)."
+    )
+    hf_id: str | None = Field(
+        None, description="Hugging Face dataset id, used if source is absent."
+    )
+    hf_config: str | None = None
+    hf_split: str = "test"
+    splits: SplitFractions = Field(default_factory=SplitFractions)
+    seed: int = 0
+    limit: int | None = Field(None, ge=1, description="Keep at most this many problems.")
+    testbed: dict[str, Any] = Field(
+        default_factory=dict, description="Generator knobs when name is 'testbed'."
+    )
+
+    @model_validator(mode="after")
+    def _has_a_source(self) -> DatasetConfig:
+        if self.name != "testbed" and not (self.source or self.hf_id):
+            raise ValueError(f"dataset '{self.name}' needs a local `source` or an `hf_id`")
+        return self
+
+
+class RoutingConfig(_Frozen):
+    max_steps: int = Field(16, ge=1)
+    max_total_tokens: int = Field(2048, ge=1)
+    budget: float | None = Field(
+        None, gt=0, description="Mean cost per problem as a fraction of large-only cost."
+    )
+    cost_model: Literal["flops", "price", "tokens"] = "flops"
+    step_separator: str = "\n\n"
+
+
+class TrainingConfig(_Frozen):
+    iterations: int = Field(20, ge=1)
+    lr: float = Field(3e-4, gt=0)
+    gamma: float = Field(1.0, gt=0, le=1)
+    train_batch_size: int = Field(512, ge=1)
+    minibatch_size: int = Field(128, ge=1)
+    num_epochs: int = Field(4, ge=1)
+    hidden_sizes: tuple[int, ...] = (64, 64)
+    cost_weight: float = Field(0.0, ge=0, description="Fixed λ in reward = correct − λ·cost.")
+    dual_ascent: bool = Field(False, description="Update λ toward routing.budget every iteration.")
+    dual_lr: float = Field(0.5, gt=0)
+    num_env_runners: int = Field(0, ge=0)
+    num_envs_per_env_runner: int = Field(1, ge=1)
+    concurrency: int = Field(32, ge=1, description="Problems in flight per env.")
+    sample_timeout_s: float = Field(600.0, gt=0)
+    checkpoint_every: int = Field(5, ge=1)
+    seed: int = 0
+
+
+class CalibrationConfig(_Frozen):
+    budgets: tuple[float, ...] = (0.2, 0.3, 0.5, 0.7)
+    method: Literal["quantile", "ltt"] = "quantile"
+    delta: float = Field(0.1, gt=0, lt=1, description="Failure probability for Learn-then-Test.")
+
+    @field_validator("budgets")
+    @classmethod
+    def _budgets_positive(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if any(b <= 0 for b in value):
+            raise ValueError("every budget must be > 0 (a fraction of large-only cost)")
+        return value
+
+
+class TrackingConfig(_Frozen):
+    mlflow_uri: str | None = Field(
+        None, description="MLflow tracking URI; default sqlite:///<output_dir>/mlruns.db."
+    )
+    experiment: str = "steproute"
+
+
+class ExperimentConfig(_Frozen):
+    name: str = Field(..., min_length=1)
+    models: tuple[ModelConfig, ...] = Field(..., min_length=2)
+    dataset: DatasetConfig
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    output_dir: str = "runs/default"
+
+    @field_validator("models")
+    @classmethod
+    def _unique_names(cls, value: tuple[ModelConfig, ...]) -> tuple[ModelConfig, ...]:
+        names = [m.name for m in value]
+        if len(set(names)) != len(names):
+            raise ValueError(f"model names must be unique (got {names})")
+        return value
+
+    @model_validator(mode="after")
+    def _cost_inputs_present(self) -> ExperimentConfig:
+        for i, model in enumerate(self.models):
+            if self.routing.cost_model == "flops" and model.cost.parameters is None:
+                raise ValueError(
+                    f"models[{i}] ('{model.name}'): cost model 'flops' needs cost.parameters"
+                )
+            if self.routing.cost_model == "price" and (
+                model.cost.input_price_per_token is None
+                or model.cost.output_price_per_token is None
+            ):
+                raise ValueError(
+                    f"models[{i}] ('{model.name}'): cost model 'price' needs "
+                    "cost.input_price_per_token and cost.output_price_per_token"
+                )
+        return self
+
+    @property
+    def mlflow_uri(self) -> str:
+        if self.tracking.mlflow_uri:
+            return self.tracking.mlflow_uri
+        return f"sqlite:///{Path(self.output_dir).resolve() / 'mlruns.db'}"
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------
+
+_ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::([^}]*))?\}")
+
+
+def interpolate_env(value: Any, *, where: str = "<config>") -> Any:
+    """Replace `${NAME}` and `${NAME:default}` in every string of a parsed YAML tree."""
+    if isinstance(value, dict):
+        return {k: interpolate_env(v, where=f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, list):
+        return [interpolate_env(v, where=f"{where}[{i}]") for i, v in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+
+    def substitute(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in os.environ:
+            return os.environ[name]
+        if default is None:
+            raise ConfigError(
+                f"{where}: environment variable {name} is not set and has no default; "
+                f"fix: export {name}=… or write ${{{name}:default}}"
+            )
+        return default
+
+    return _ENV_PATTERN.sub(substitute, value)
+
+
+def _describe(error: dict[str, Any], path: str) -> str:
+    key = ".".join(str(part) for part in error["loc"]) or "<top level>"
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        fix = "remove it or fix its spelling (see pipeline/config.py for the known keys)"
+        return f"unknown key '{key}' in {path}; fix: {fix}"
+    if kind == "missing":
+        return f"missing required key '{key}' in {path}; fix: add it"
+    got = error.get("input")
+    got_text = f" (got {got!r})" if not isinstance(got, dict | list) else ""
+    return f"bad value for '{key}' in {path}: {error['msg']}{got_text}; fix: correct that value"
+
+
+def load_config(
+    path: str | os.PathLike[str], overrides: dict[str, Any] | None = None
+) -> ExperimentConfig:
+    """Load an experiment YAML. Raises `ConfigError` naming the key, the file and the fix."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(
+            f"config file not found: {path}; fix: pass an existing YAML, e.g. configs/testbed.yaml"
+        )
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping of keys at the top level")
+    raw = interpolate_env(raw, where=str(path))
+    if overrides:
+        raw = _merge(raw, overrides)
+    return parse_config(raw, source=str(path))
+
+
+def parse_config(raw: dict[str, Any], source: str = "<dict>") -> ExperimentConfig:
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as exc:
+        lines = [_describe(e, source) for e in exc.errors()]
+        raise ConfigError("invalid config:\n  " + "\n  ".join(lines)) from None
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged

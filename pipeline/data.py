@@ -1,0 +1,261 @@
+"""Benchmark problems: one `Problem` record, loaders for GSM8K / MATH500 / Omni-MATH, and splits.
+
+Every loader reads either a local file/folder (the same files Hugging Face serves) or, when only
+a Hugging Face id is configured, the hub through `datasets`. Problem ids come from the content
+(or the benchmark's own id), never from the row position, so the train / calibration / test
+split, which hashes the id with the seed, does not move when a file is reordered.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import DatasetConfig, SplitFractions
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "calibration", "test")
+
+__all__ = [
+    "SPLITS",
+    "DataError",
+    "Problem",
+    "assign_split",
+    "load_problems",
+    "load_split",
+    "split_problems",
+]
+
+
+class DataError(ValueError):
+    """A benchmark file is missing or malformed. The message names the file and the line."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    id: str
+    question: str
+    gold_answer: str
+    meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Row parsers: one per benchmark, shared by the local-file and the Hugging Face paths.
+# Each returns (id_hint, question, gold, meta); id_hint=None means "hash the content".
+# --------------------------------------------------------------------------------------------
+
+Row = dict[str, Any]
+Parsed = tuple[str | None, str, str, dict[str, Any]]
+
+
+def _require(row: Row, *keys: str) -> list[Any]:
+    missing = [k for k in keys if k not in row]
+    if missing:
+        raise KeyError(f"missing field(s) {missing}; present: {sorted(row)}")
+    values = [row[k] for k in keys]
+    for key, value in zip(keys, values, strict=True):
+        if not isinstance(value, str):
+            raise TypeError(f"field '{key}' must be a string, got {type(value).__name__}")
+    return values
+
+
+def _parse_gsm8k(row: Row) -> Parsed:
+    question, answer = _require(row, "question", "answer")
+    if "#### " not in answer:
+        raise ValueError("field 'answer' has no '#### ' final-answer marker")
+    gold = answer.rsplit("#### ", 1)[1].strip()
+    return None, question, gold, {"solution": answer}
+
+
+def _parse_math500(row: Row) -> Parsed:
+    problem, answer = _require(row, "problem", "answer")
+    meta = {k: row[k] for k in ("solution", "subject", "level") if k in row}
+    return row.get("unique_id"), problem, answer.strip(), meta
+
+
+def _parse_omnimath(row: Row) -> Parsed:
+    if "problem" in row:  # the original field names (Hugging Face KbsdJames/Omni-MATH)
+        return _parse_omnimath_rule(row)
+    question, answer = _require(row, "question", "answer")
+    meta: dict[str, Any] = {}
+    human_type = row.get("human_type")
+    if isinstance(human_type, str) and human_type.startswith("omni_"):
+        # omni_<difficulty>_<source>; source names contain underscores, so split twice only.
+        _, difficulty, source = human_type.split("_", 2)
+        meta = {"difficulty": float(difficulty), "source": source}
+    return None, question, answer.strip(), meta
+
+
+def _parse_omnimath_rule(row: Row) -> Parsed:
+    problem, answer = _require(row, "problem", "answer")
+    meta = {k: row[k] for k in ("domain", "difficulty", "source", "solution") if k in row}
+    return None, problem, answer.strip(), meta
+
+
+_PARSERS: dict[str, Callable[[Row], Parsed]] = {
+    "gsm8k": _parse_gsm8k,
+    "math500": _parse_math500,
+    "omnimath": _parse_omnimath,
+    "omnimath_rule": _parse_omnimath_rule,
+}
+
+# The file a folder source means, per benchmark (GSM8K picks by `file_split`).
+_DEFAULT_FILES: dict[str, Callable[[DatasetConfig], str]] = {
+    "gsm8k": lambda cfg: f"{cfg.file_split}.jsonl",
+    "math500": lambda cfg: "test.jsonl",
+    "omnimath": lambda cfg: "omni_test.json",
+    "omnimath_rule": lambda cfg: "omni_math_rule.jsonl",
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Reading rows
+# --------------------------------------------------------------------------------------------
+
+
+def _read_rows(path: Path) -> Iterator[tuple[str, Row]]:
+    """Yield (location, row) pairs from a JSONL file or a JSON array file."""
+    if path.suffix == ".json":
+        try:
+            rows = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{exc.lineno}: not valid JSON: {exc.msg}") from None
+        if not isinstance(rows, list):
+            raise DataError(f"{path}: expected a JSON array of records")
+        for position, row in enumerate(rows):
+            if not isinstance(row, dict):
+                raise DataError(f"{path}: record at array position {position} is not an object")
+            yield f"{path} (array position {position})", row
+        return
+    with path.open(encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}:{line_number}: not valid JSON: {exc.msg}") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path}:{line_number}: expected a JSON object per line")
+            yield f"{path}:{line_number}", row
+
+
+def _rows_from_hub(cfg: DatasetConfig) -> Iterator[tuple[str, Row]]:
+    try:
+        import datasets
+    except ImportError as exc:  # pragma: no cover - datasets is a base dependency
+        raise DataError("loading from Hugging Face needs the `datasets` package") from exc
+    try:
+        table = datasets.load_dataset(cfg.hf_id, cfg.hf_config, split=cfg.hf_split)
+    except Exception as exc:  # network, auth, unknown id: all mean "not reachable here"
+        raise DataError(
+            f"could not load Hugging Face dataset '{cfg.hf_id}' (split {cfg.hf_split}): {exc}; "
+            "fix: set dataset.source to a local copy"
+        ) from exc
+    for index, row in enumerate(table):
+        yield f"hf:{cfg.hf_id}[{index}]", dict(row)
+
+
+def _resolve_source(cfg: DatasetConfig) -> Path | None:
+    if not cfg.source:
+        return None
+    path = Path(cfg.source)
+    if path.is_dir():
+        path = path / _DEFAULT_FILES[cfg.name](cfg)
+    if path.is_file():
+        return path
+    if cfg.hf_id:
+        log.info("local source %s not found; falling back to Hugging Face %s", path, cfg.hf_id)
+        return None
+    raise DataError(
+        f"dataset file not found: {path}; fix: point dataset.source at the benchmark file or folder"
+    )
+
+
+def _content_id(name: str, question: str) -> str:
+    return f"{name}-{hashlib.sha1(question.encode('utf-8')).hexdigest()[:16]}"
+
+
+def problems_from_rows(name: str, rows: Iterable[tuple[str, Row]]) -> list[Problem]:
+    """Parse rows into problems; malformed rows raise, empty gold answers are skipped and counted."""
+    parser = _PARSERS[name]
+    problems: list[Problem] = []
+    seen: dict[str, int] = {}
+    skipped_empty = 0
+    for location, row in rows:
+        try:
+            id_hint, question, gold, meta = parser(row)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DataError(f"{location}: malformed {name} record: {exc}") from None
+        if not gold:
+            skipped_empty += 1
+            continue
+        problem_id = id_hint or _content_id(name, question)
+        # Identical questions get the same split anyway; suffix to keep ids unique.
+        count = seen.get(problem_id, 0)
+        seen[problem_id] = count + 1
+        if count:
+            problem_id = f"{problem_id}-{count + 1}"
+        problems.append(Problem(problem_id, question, gold, {"benchmark": name, **meta}))
+    if skipped_empty:
+        log.warning("%s: skipped %d record(s) with an empty gold answer", name, skipped_empty)
+    return problems
+
+
+def load_problems(cfg: DatasetConfig) -> list[Problem]:
+    """All problems of the configured benchmark (before splitting; `limit` applies after)."""
+    if cfg.name == "testbed":
+        from pipeline.testbed.tasks import generate_problems  # lazy: only testbed runs need it
+
+        return generate_problems(cfg)
+    path = _resolve_source(cfg)
+    if path is not None:
+        problems = problems_from_rows(cfg.name, _read_rows(path))
+    else:
+        problems = problems_from_rows(cfg.name, _rows_from_hub(cfg))
+    return problems
+
+
+# --------------------------------------------------------------------------------------------
+# Splits
+# --------------------------------------------------------------------------------------------
+
+
+def _unit_hash(problem_id: str, seed: int) -> float:
+    digest = hashlib.sha256(f"{seed}:{problem_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def assign_split(problem_id: str, fractions: SplitFractions, seed: int) -> str:
+    """The split of one problem: a pure function of (id, seed, fractions)."""
+    u = _unit_hash(problem_id, seed)
+    if u < fractions.train:
+        return "train"
+    if u < fractions.train + fractions.calibration:
+        return "calibration"
+    return "test"
+
+
+def split_problems(
+    problems: Iterable[Problem], fractions: SplitFractions, seed: int
+) -> dict[str, list[Problem]]:
+    splits: dict[str, list[Problem]] = {name: [] for name in SPLITS}
+    for problem in problems:
+        splits[assign_split(problem.id, fractions, seed)].append(problem)
+    return splits
+
+
+def load_split(cfg: DatasetConfig, split: str) -> list[Problem]:
+    """The problems of one split; with `cfg.limit`, a subset that is also order-independent."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split '{split}'; known: {', '.join(SPLITS)}")
+    problems = split_problems(load_problems(cfg), cfg.splits, cfg.seed)[split]
+    if cfg.limit:
+        problems = sorted(problems, key=lambda p: _unit_hash(p.id, cfg.seed + 1))[: cfg.limit]
+    return problems

@@ -1,0 +1,25 @@
+"""Shared fixtures. The benchmark files live outside the repository (see README: Data)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The benchmark data folder: $STEPROUTE_DATA_DIR, else ../shared/data beside the repo."""
+    path = Path(os.environ.get("STEPROUTE_DATA_DIR", REPO.parent / "shared" / "data"))
+    if not (path / "gsm8k" / "test.jsonl").is_file():
+        pytest.fail(f"benchmark data not found under {path}; set STEPROUTE_DATA_DIR")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _data_env(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The shipped configs read ${STEPROUTE_DATA_DIR:...}; point them at the same folder.
+    monkeypatch.setenv("STEPROUTE_DATA_DIR", str(data_dir))

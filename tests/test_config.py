@@ -1,0 +1,101 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.config import ConfigError, interpolate_env, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED = sorted((REPO / "configs").glob("*.yaml"))
+
+
+def _write(tmp_path: Path, data: dict) -> Path:
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _minimal() -> dict:
+    return {
+        "name": "t",
+        "models": [
+            {"name": "small", "path": "s", "cost": {"parameters": 1e6}},
+            {"name": "large", "path": "l", "cost": {"parameters": 8e6}},
+        ],
+        "dataset": {"name": "gsm8k", "source": "data/gsm8k"},
+    }
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
+def test_every_shipped_config_loads(path: Path) -> None:
+    cfg = load_config(path)
+    assert len(cfg.models) >= 2
+    assert cfg.mlflow_uri.startswith("sqlite:///")
+
+
+def test_unknown_key_is_named_with_file_and_fix(tmp_path: Path) -> None:
+    data = _minimal()
+    data["models"][0]["sampling"] = {"temprature": 0.5}
+    path = _write(tmp_path, data)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    message = str(err.value)
+    assert "unknown key 'models.0.sampling.temprature'" in message
+    assert str(path) in message
+    assert "fix:" in message
+
+
+def test_wrong_type_names_key_and_value(tmp_path: Path) -> None:
+    data = _minimal()
+    data["routing"] = {"max_steps": "many"}
+    with pytest.raises(ConfigError) as err:
+        load_config(_write(tmp_path, data))
+    assert "routing.max_steps" in str(err.value)
+    assert "'many'" in str(err.value)
+
+
+def test_missing_file_says_so(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_missing_required_key(tmp_path: Path) -> None:
+    data = _minimal()
+    del data["dataset"]
+    with pytest.raises(ConfigError, match="missing required key 'dataset'"):
+        load_config(_write(tmp_path, data))
+
+
+def test_flops_cost_model_needs_parameter_counts(tmp_path: Path) -> None:
+    data = _minimal()
+    del data["models"][1]["cost"]
+    with pytest.raises(ConfigError, match="needs cost.parameters"):
+        load_config(_write(tmp_path, data))
+
+
+def test_split_fractions_must_sum_to_one(tmp_path: Path) -> None:
+    data = _minimal()
+    data["dataset"]["splits"] = {"train": 0.5, "calibration": 0.2, "test": 0.2}
+    with pytest.raises(ConfigError, match="sum to 1"):
+        load_config(_write(tmp_path, data))
+
+
+def test_env_interpolation_uses_env_then_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("STEPROUTE_T_VAR", raising=False)
+    assert interpolate_env({"a": "${STEPROUTE_T_VAR:x}/y"}) == {"a": "x/y"}
+    monkeypatch.setenv("STEPROUTE_T_VAR", "z")
+    assert interpolate_env({"a": ["${STEPROUTE_T_VAR:x}/y", 3]}) == {"a": ["z/y", 3]}
+
+
+def test_env_without_default_must_be_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("STEPROUTE_T_UNSET", raising=False)
+    with pytest.raises(ConfigError, match="STEPROUTE_T_UNSET is not set"):
+        interpolate_env({"a": "${STEPROUTE_T_UNSET}"})
+
+
+def test_configs_are_frozen() -> None:
+    cfg = load_config(REPO / "configs" / "testbed.yaml")
+    with pytest.raises(Exception):  # noqa: B017 - pydantic raises ValidationError on frozen
+        cfg.routing.max_steps = 3  # type: ignore[misc]
