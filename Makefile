@@ -31,9 +31,11 @@ endif
 
 demo: setup
 	$(BIN)/steproute data summary \
+		--config configs/testbed.yaml \
 		--config configs/gsm8k_qwen25math.yaml \
 		--config configs/math500_qwen25math.yaml \
 		--config configs/omnimath_qwen25math.yaml
+	$(BIN)/steproute testbed report --config configs/testbed.yaml --problems 200
 
 test: setup
 	$(BIN)/ruff check .

@@ -19,6 +19,10 @@ from pipeline.grading import grade
 app = typer.Typer(no_args_is_help=True, help="Stepwise model routing for cost-effective reasoning.")
 data_app = typer.Typer(no_args_is_help=True, help="Benchmark data.")
 app.add_typer(data_app, name="data")
+testbed_app = typer.Typer(
+    no_args_is_help=True, help="The CPU testbed (synthetic: every number is a testbed number)."
+)
+app.add_typer(testbed_app, name="testbed")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -46,8 +50,10 @@ def data_summary(
 ) -> None:
     """Per-benchmark and per-split problem counts."""
     table = Table(title="Benchmark data")
-    for column in ("config", "benchmark", "source", "problems", *SPLITS):
-        table.add_column(column, justify="right" if column in ("problems", *SPLITS) else "left")
+    for column in ("benchmark", "source", "problems", *SPLITS):
+        table.add_column(
+            column, justify="right" if column in ("problems", *SPLITS) else "left", overflow="fold"
+        )
     for path in config:
         try:
             cfg = load_config(path)
@@ -58,9 +64,7 @@ def data_summary(
         dataset = cfg.dataset
         label = dataset.name + (" (testbed, synthetic)" if dataset.name == "testbed" else "")
         source = dataset.source or (f"hf:{dataset.hf_id}" if dataset.hf_id else "generated")
-        table.add_row(
-            path.name, label, source, str(len(problems)), *(str(len(splits[s])) for s in SPLITS)
-        )
+        table.add_row(label, source, str(len(problems)), *(str(len(splits[s])) for s in SPLITS))
     console.print(table)
 
 
@@ -106,6 +110,123 @@ def grade_file(
         table.add_column(column, justify="right")
     table.add_row(str(len(graded)), str(correct), f"{correct / len(graded):.1%}", str(no_answer))
     console.print(table)
+
+
+# Routing-signal targets of the testbed (see pipeline/testbed/MODEL_CARD.md).
+SMALL_ACCURACY_BAND = (0.40, 0.75)
+LARGE_ACCURACY_MIN = 0.95
+AUROC_BAND = (0.60, 0.90)
+
+
+@testbed_app.command("train")
+def testbed_train(
+    model: Annotated[list[str], typer.Option(help="Which preset(s): small, large.")] = None,  # type: ignore[assignment]
+    output: Annotated[Path, typer.Option(help="Folder for the model folders.")] = Path(
+        "pipeline/testbed/models"
+    ),
+    iterations: Annotated[
+        int | None, typer.Option(help="Override the preset's iterations.")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
+) -> None:
+    """Train the testbed model pair (takes minutes on 2 cores; the committed pair never needs it)."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from pipeline.testbed.train import PRESETS, train_model
+
+    names = model or ["small", "large"]
+    unknown = [n for n in names if n not in PRESETS]
+    if unknown:
+        raise _fail(f"unknown preset(s) {unknown}; known: {sorted(PRESETS)}")
+    for name in names:
+        update = {"seed": seed} | ({"iterations": iterations} if iterations else {})
+        spec = PRESETS[name].model_copy(update=update)
+        console.print(f"[bold]testbed[/] training {name}: {spec.model.model_dump()}")
+        with Progress(
+            TextColumn(f"{name}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TextColumn("loss {task.fields[loss]:.4f}"),
+            TimeRemainingColumn(),
+            console=console,
+        ) as progress:
+            task = progress.add_task(name, total=spec.iterations, loss=float("nan"))
+            record = train_model(
+                spec,
+                output / name,
+                progress=lambda i, n, loss, task=task: progress.update(
+                    task, completed=i, loss=loss
+                ),
+            )
+        console.print(
+            f"{name}: {record['parameters']:,} parameters, {record['train_seconds'] / 60:.1f} min, "
+            f"final loss {record['final_loss']:.4f} -> {output / name}"
+        )
+
+
+@testbed_app.command("report")
+def testbed_report(
+    config: Annotated[Path, typer.Option("--config", "-c")] = Path("configs/testbed.yaml"),
+    problems: Annotated[int, typer.Option(help="Held-out problems to solve per model.")] = 1000,
+    write_card: Annotated[
+        bool, typer.Option(help="Rewrite MODEL_CARD.md with these numbers.")
+    ] = False,
+) -> None:
+    """Measure the routing signal: accuracy of each model and the small model's step-error AUROC."""
+    from pipeline.testbed.card import write_model_card
+    from pipeline.testbed.report import run_model
+    from pipeline.testbed.tasks import generate_problems
+
+    try:
+        cfg = load_config(config)
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+    if cfg.dataset.name != "testbed":
+        raise _fail(f"{config} is not a testbed config (dataset.name is '{cfg.dataset.name}')")
+    held_out = generate_problems(cfg.dataset)
+    if problems > len(held_out):
+        raise _fail(f"asked for {problems} problems, the testbed config generates {len(held_out)}")
+    held_out = held_out[:problems]
+    small, large = cfg.models[0], cfg.models[-1]
+    reports = {m.name: run_model(cfg, m, held_out) for m in (small, large)}
+    ratio = large.cost.parameters / small.cost.parameters if large.cost.parameters else float("nan")
+
+    def mark(ok: bool) -> str:
+        return "[green]ok[/]" if ok else "[red]MISSED[/]"
+
+    s, g = reports[small.name], reports[large.name]
+    table = Table(
+        title=f"TESTBED routing signal ({problems} held-out synthetic problems, greedy vLLM)"
+    )
+    for column in ("measure", "value", "target", ""):
+        table.add_column(column)
+    table.add_row(
+        f"{small.name} problem accuracy",
+        f"{s.accuracy:.1%}",
+        "40-75 %",
+        mark(SMALL_ACCURACY_BAND[0] <= s.accuracy <= SMALL_ACCURACY_BAND[1]),
+    )
+    table.add_row(
+        f"{large.name} problem accuracy",
+        f"{g.accuracy:.1%}",
+        ">= 95 %",
+        mark(g.accuracy >= LARGE_ACCURACY_MIN),
+    )
+    table.add_row(
+        f"{small.name} step-error AUROC of -mean logprob",
+        f"{s.step_error_auroc:.3f}",
+        "0.60-0.90",
+        mark(AUROC_BAND[0] <= s.step_error_auroc <= AUROC_BAND[1]),
+    )
+    table.add_row("per-step cost ratio large/small (parameters)", f"{ratio:.2f}x", "stated", "")
+    console.print(table)
+    console.print(
+        f"step accuracy: {small.name} {s.step_accuracy:.1%} over {s.steps} steps, "
+        f"{large.name} {g.step_accuracy:.1%} over {g.steps} steps"
+    )
+    if write_card:
+        models_dir = Path(small.path).parent
+        console.print(f"wrote {write_model_card(models_dir, reports, ratio)}")
 
 
 if __name__ == "__main__":

@@ -23,3 +23,5 @@ def data_dir() -> Path:
 def _data_env(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # The shipped configs read ${STEPROUTE_DATA_DIR:...}; point them at the same folder.
     monkeypatch.setenv("STEPROUTE_DATA_DIR", str(data_dir))
+    # Configs name paths relative to the repository root (models, outputs).
+    monkeypatch.chdir(REPO)

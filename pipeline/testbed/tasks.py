@@ -14,7 +14,7 @@ equation per step, steps separated by a blank line, and ends with `The answer is
     The answer is 681.
 
 Values stay in [0, max_value]; operands of `+`/`-` are up to `max_operand`, multipliers and
-divisors 2-9 (division only when exact). Difficulty knobs live in `TestbedTaskConfig`, read from
+divisors 2-9 (division only when exact). Difficulty knobs live in `ArithmeticTaskConfig`, read from
 `dataset.testbed` in an experiment config. Problems are ordinary `pipeline.data.Problem`s, so the
 shared splits and grader apply unchanged.
 """
@@ -24,14 +24,14 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.config import ConfigError, DatasetConfig
 from pipeline.data import Problem
 
 __all__ = [
-    "TestbedTaskConfig",
-    "TestbedSample",
+    "ArithmeticTaskConfig",
+    "ArithmeticSample",
     "generate_problems",
     "generate_samples",
     "sample_problem",
@@ -43,7 +43,7 @@ VERBS = {"+": "adds", "-": "subtracts", "*": "multiplies by", "/": "divides by"}
 # The question states each operation compactly ("+58", "*2"): short prompts keep training cheap.
 
 
-class TestbedTaskConfig(BaseModel):
+class ArithmeticTaskConfig(BaseModel):
     """Difficulty knobs of the generator (`dataset.testbed` in a config)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -58,18 +58,22 @@ class TestbedTaskConfig(BaseModel):
     max_operand: int = Field(99, ge=2, description="Largest operand of + and -.")
     operations: tuple[str, ...] = ("+", "-", "*")
 
+    @field_validator("operations")
+    @classmethod
+    def _known_operations(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value or set(value) - set(VERBS):
+            raise ValueError(f"must be a non-empty subset of {sorted(VERBS)} (got {list(value)})")
+        return value
+
     @model_validator(mode="after")
-    def _check(self) -> TestbedTaskConfig:
+    def _check(self) -> ArithmeticTaskConfig:
         if self.min_ops > self.max_ops:
             raise ValueError("min_ops must be <= max_ops")
-        unknown = set(self.operations) - set(VERBS)
-        if unknown or not self.operations:
-            raise ValueError(f"operations must be a non-empty subset of {sorted(VERBS)}")
         return self
 
 
 @dataclass(frozen=True)
-class TestbedSample:
+class ArithmeticSample:
     """One generated problem with its reference steps (for training and step-level grading)."""
 
     question: str
@@ -82,7 +86,7 @@ class TestbedSample:
         return "\n\n".join(self.steps)
 
 
-def _pick_operation(rng: random.Random, value: int, cfg: TestbedTaskConfig) -> tuple[str, int]:
+def _pick_operation(rng: random.Random, value: int, cfg: ArithmeticTaskConfig) -> tuple[str, int]:
     """An operation that keeps the value inside [0, max_value] (rejection sampling)."""
     for _ in range(100):
         op = rng.choice(cfg.operations)
@@ -116,7 +120,7 @@ def _apply(op: str, value: int, operand: int) -> int:
     return value // operand
 
 
-def sample_problem(rng: random.Random, cfg: TestbedTaskConfig) -> TestbedSample:
+def sample_problem(rng: random.Random, cfg: ArithmeticTaskConfig) -> ArithmeticSample:
     value = rng.randint(2, cfg.max_value)
     start = value
     clauses, steps, values = [], [], []
@@ -130,22 +134,23 @@ def sample_problem(rng: random.Random, cfg: TestbedTaskConfig) -> TestbedSample:
     name, item = rng.choice(NAMES), rng.choice(ITEMS)
     question = f"{name} has {start} {item}, then {' '.join(clauses)}. How many?"
     steps.append(f"The answer is {value}.")
-    return TestbedSample(question, tuple(steps), tuple(values), value)
+    return ArithmeticSample(question, tuple(steps), tuple(values), value)
 
 
 def generate_samples(
-    cfg: TestbedTaskConfig, count: int | None = None, seed: int | None = None
-) -> list[TestbedSample]:
+    cfg: ArithmeticTaskConfig, count: int | None = None, seed: int | None = None
+) -> list[ArithmeticSample]:
     rng = random.Random(cfg.seed if seed is None else seed)
     return [sample_problem(rng, cfg) for _ in range(cfg.num_problems if count is None else count)]
 
 
-def task_config(dataset: DatasetConfig) -> TestbedTaskConfig:
+def task_config(dataset: DatasetConfig) -> ArithmeticTaskConfig:
     try:
-        return TestbedTaskConfig.model_validate(dataset.testbed)
+        return ArithmeticTaskConfig.model_validate(dataset.testbed)
     except ValidationError as exc:
         details = "; ".join(
-            f"dataset.testbed.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()
+            f"dataset.testbed{''.join(f'.{part}' for part in e['loc'][:1])}: {e['msg']}"
+            for e in exc.errors()
         )
         raise ConfigError(f"invalid testbed generator settings: {details}") from None
 

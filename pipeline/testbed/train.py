@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.testbed.tasks import TestbedTaskConfig, generate_samples
+from pipeline.testbed.tasks import ArithmeticTaskConfig, generate_samples
 from pipeline.testbed.tokenizer import PROMPT_FORMAT, build_tokenizer
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ class TrainSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     model: ModelSpec = Field(default_factory=ModelSpec)
-    task: TestbedTaskConfig = Field(default_factory=TestbedTaskConfig)
+    task: ArithmeticTaskConfig = Field(default_factory=ArithmeticTaskConfig)
     iterations: int = 1500
     batch_size: int = 64
     lr: float = 3e-3
