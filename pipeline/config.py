@@ -90,6 +90,9 @@ class ModelConfig(_Frozen):
     dtype: str = Field("auto", description="vLLM dtype: auto, float32, bfloat16, float16.")
     max_model_len: int | None = Field(None, ge=16)
     kv_cache_memory_bytes: int | None = Field(None, gt=0, description="Explicit KV cache size.")
+    block_size: int | None = Field(
+        None, ge=1, description="KV cache block size; prefix caching reuses whole blocks only."
+    )
     gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
     api_base: str | None = Field(None, description="OpenAI-compatible base URL (engine: openai).")
     api_key_env: str | None = Field(None, description="Environment variable holding the API key.")

@@ -105,14 +105,9 @@ def _engine(model: ModelConfig):
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
     from vllm import LLM  # lazy: only code that generates imports vLLM
 
-    return LLM(
-        model=model.path,
-        dtype=model.dtype,
-        max_model_len=model.max_model_len,
-        enforce_eager=True,
-        kv_cache_memory_bytes=model.kv_cache_memory_bytes,
-        seed=0,
-    )
+    from pipeline.engines.vllm_engine import engine_kwargs
+
+    return LLM(**engine_kwargs(model))
 
 
 def stepwise_solve(

@@ -1,0 +1,61 @@
+"""The records engines exchange. Plain dataclasses: they cross Ray and HTTP boundaries."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class StepRequest:
+    """Generate one step after `prompt_token_ids` (the whole context, as token ids)."""
+
+    prompt_token_ids: tuple[int, ...]
+    max_tokens: int
+    stop: tuple[str, ...] = ("\n\n",)
+    n_logprobs: int = 0
+    temperature: float = 0.0
+    seed: int | None = 0
+    include_stop_str_in_output: bool = True
+
+    @property
+    def deterministic(self) -> bool:
+        """Greedy or seeded requests give the same step every time, so they may be cached."""
+        return self.temperature == 0.0 or self.seed is not None
+
+    def sampling_fingerprint(self) -> str:
+        parts = (
+            self.max_tokens,
+            self.stop,
+            self.n_logprobs,
+            self.temperature,
+            self.seed,
+            self.include_stop_str_in_output,
+        )
+        return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
+
+    def prompt_hash(self) -> str:
+        return hashlib.sha256(repr(self.prompt_token_ids).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class StepResult:
+    token_ids: tuple[int, ...]
+    text: str
+    token_logprobs: tuple[float, ...]  # logprob of each chosen token
+    top_logprobs: tuple[tuple[float, ...], ...] = field(default=())  # top-k logprobs per token
+    finish_reason: str = "stop"  # "stop" (separator or eos), "length", "eos"
+    prompt_tokens: int = 0
+    cached_prompt_tokens: int = 0  # prompt tokens served from the engine's prefix cache
+
+
+class StepEngine(Protocol):
+    """What the controller needs from a generator."""
+
+    fingerprint: str  # model + revision + dtype: the step cache keys on it
+    max_model_len: int
+
+    async def generate(self, request: StepRequest) -> StepResult: ...
+
+    async def generate_batch(self, requests: list[StepRequest]) -> list[StepResult]: ...

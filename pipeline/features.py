@@ -1,0 +1,115 @@
+"""The observation the router sees at each step: a fixed-order vector of normalized features.
+
+Every feature lies in [0, 1]. The order is stable (`FEATURE_NAMES`); the policy network, the
+RLlib observation space and the Serve router all depend on it, so append, never reorder.
+
+Draft features describe the small model's proposed step; trajectory features describe the
+problem so far.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+__all__ = [
+    "FEATURE_NAMES",
+    "NUM_FEATURES",
+    "DraftStats",
+    "TrajectoryStats",
+    "draft_stats",
+    "feature_vector",
+]
+
+FEATURE_NAMES: tuple[str, ...] = (
+    "draft/mean_prob",  # exp(mean token logprob): geometric-mean probability of the draft
+    "draft/min_prob",  # exp(min token logprob): the least sure token
+    "draft/last_prob",  # exp(logprob of the last token)
+    "draft/mean_entropy",  # mean entropy of the renormalized top-k, divided by log(k)
+    "draft/length",  # tokens / max_step_tokens
+    "draft/has_final_answer",  # 1 if the draft states a final answer
+    "traj/step_fraction",  # step index / max_steps
+    "traj/cost_fraction",  # cost so far / cost scale (e.g. the budget per problem), clipped at 1
+    "traj/escalated_fraction",  # fraction of earlier steps written by a larger model
+    "traj/min_draft_prob_so_far",  # lowest draft mean_prob of earlier steps (1 at the start)
+    "traj/prev_escalated",  # 1 if the previous step was escalated
+)
+NUM_FEATURES = len(FEATURE_NAMES)
+
+
+@dataclass(frozen=True)
+class DraftStats:
+    mean_prob: float
+    min_prob: float
+    last_prob: float
+    mean_entropy: float
+    length: float
+    has_final_answer: float
+
+
+@dataclass(frozen=True)
+class TrajectoryStats:
+    step_index: int
+    max_steps: int
+    cost_so_far: float
+    cost_scale: float
+    escalated_steps: int
+    min_draft_prob_so_far: float
+    prev_escalated: bool
+
+
+def _entropy(top_logprobs: Sequence[float]) -> float:
+    """Entropy of the top-k distribution renormalized, divided by log(k): 0 = sure, 1 = flat."""
+    finite = [lp for lp in top_logprobs if math.isfinite(lp)]
+    if len(finite) < 2:
+        return 0.0
+    peak = max(finite)
+    weights = [math.exp(lp - peak) for lp in finite]
+    total = sum(weights)
+    probs = [w / total for w in weights]
+    entropy = -sum(p * math.log(p) for p in probs if p > 0)
+    return entropy / math.log(len(finite))
+
+
+def draft_stats(
+    token_logprobs: Sequence[float],
+    top_logprobs: Sequence[Sequence[float]],
+    text: str,
+    max_step_tokens: int,
+    final_answer_markers: Sequence[str] = ("The answer is", "\\boxed"),
+) -> DraftStats:
+    logprobs = [lp for lp in token_logprobs if math.isfinite(lp)]
+    if not logprobs:
+        return DraftStats(
+            1.0, 1.0, 1.0, 0.0, 0.0, float(any(m in text for m in final_answer_markers))
+        )
+    entropies = [_entropy(top) for top in top_logprobs] or [0.0]
+    return DraftStats(
+        mean_prob=math.exp(sum(logprobs) / len(logprobs)),
+        min_prob=math.exp(min(logprobs)),
+        last_prob=math.exp(logprobs[-1]),
+        mean_entropy=sum(entropies) / len(entropies),
+        length=min(1.0, len(token_logprobs) / max(1, max_step_tokens)),
+        has_final_answer=float(any(m in text for m in final_answer_markers)),
+    )
+
+
+def feature_vector(draft: DraftStats, trajectory: TrajectoryStats) -> list[float]:
+    """The observation, in `FEATURE_NAMES` order, every entry in [0, 1]."""
+    t = trajectory
+    steps_before = max(1, t.step_index)
+    values = [
+        draft.mean_prob,
+        draft.min_prob,
+        draft.last_prob,
+        draft.mean_entropy,
+        draft.length,
+        draft.has_final_answer,
+        min(1.0, t.step_index / max(1, t.max_steps)),
+        min(1.0, t.cost_so_far / t.cost_scale) if t.cost_scale > 0 else 0.0,
+        t.escalated_steps / steps_before if t.step_index else 0.0,
+        t.min_draft_prob_so_far,
+        float(t.prev_escalated),
+    ]
+    return [min(1.0, max(0.0, v)) for v in values]

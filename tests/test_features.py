@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+import math
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline.features import NUM_FEATURES, TrajectoryStats, draft_stats, feature_vector
+
+logprob = st.floats(-30, 0, allow_nan=False)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    chosen=st.lists(logprob, max_size=40),
+    k=st.integers(1, 5),
+    step=st.integers(0, 30),
+    max_steps=st.integers(1, 30),
+    cost=st.floats(0, 1e12, allow_nan=False),
+    scale=st.floats(0, 1e12, allow_nan=False),
+    escalated=st.integers(0, 30),
+    prev=st.booleans(),
+    text=st.text(max_size=30),
+)
+def test_every_feature_is_in_unit_interval(
+    chosen, k, step, max_steps, cost, scale, escalated, prev, text
+):
+    top = [[lp - i for i in range(k)] for lp in chosen]
+    draft = draft_stats(chosen, top, text, max_step_tokens=32)
+    traj = TrajectoryStats(step, max_steps, cost, scale, min(escalated, step), 0.5, prev)
+    vector = feature_vector(draft, traj)
+    assert len(vector) == NUM_FEATURES
+    assert all(0.0 <= v <= 1.0 and math.isfinite(v) for v in vector)
+
+
+def test_confident_draft_scores_higher_than_unsure_one() -> None:
+    sure = draft_stats([-0.01, -0.02], [[-0.01, -5.0], [-0.02, -6.0]], "1+1=2", 32)
+    unsure = draft_stats([-0.01, -1.5], [[-0.01, -5.0], [-0.3, -1.4]], "1+1=3", 32)
+    assert sure.mean_prob > unsure.mean_prob and sure.min_prob > unsure.min_prob
+    assert sure.mean_entropy < unsure.mean_entropy
+
+
+def test_final_answer_flag() -> None:
+    assert draft_stats([-0.1], [[-0.1]], "The answer is 4.", 32).has_final_answer == 1.0
+    assert draft_stats([-0.1], [[-0.1]], "2+2=4", 32).has_final_answer == 0.0
