@@ -128,6 +128,7 @@ def testbed_train(
         int | None, typer.Option(help="Override the preset's iterations.")
     ] = None,
     seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
+    threads: Annotated[int, typer.Option(help="torch threads (2 uses both cores here).")] = 2,
 ) -> None:
     """Train the testbed model pair (takes minutes on 2 cores; the committed pair never needs it)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -139,7 +140,9 @@ def testbed_train(
     if unknown:
         raise _fail(f"unknown preset(s) {unknown}; known: {sorted(PRESETS)}")
     for name in names:
-        update = {"seed": seed} | ({"iterations": iterations} if iterations else {})
+        update = {"seed": seed, "threads": threads} | (
+            {"iterations": iterations} if iterations else {}
+        )
         spec = PRESETS[name].model_copy(update=update)
         console.print(f"[bold]testbed[/] training {name}: {spec.model.model_dump()}")
         with Progress(

@@ -22,20 +22,43 @@ CHAT_TEMPLATE = (
 )
 
 
-def build_tokenizer():
-    """A `PreTrainedTokenizerFast` with one token per character and the testbed chat template."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+def _bytes_to_unicode() -> dict[int, str]:
+    # GPT-2's reversible byte -> printable-character map, which byte-level BPE uses.
+    printable = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
+    )
+    codes = printable[:]
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            codes.append(256 + extra)
+            extra += 1
+    return {b: chr(c) for b, c in zip(printable, codes, strict=True)}
 
-    vocab = {token: i for i, token in enumerate((*SPECIAL_TOKENS, *CHARACTERS))}
-    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
-    core.decoder = decoders.Fuse()  # join characters back without separators
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=core,
-        pad_token="<pad>",
-        eos_token="<eos>",
+
+_BYTES = _bytes_to_unicode()
+
+
+def build_tokenizer():
+    """A Qwen2 (byte-level BPE) tokenizer whose vocabulary is single characters and no merges.
+
+    Why not a plain WordLevel tokenizer: `AutoTokenizer` (and so vLLM) loads any tokenizer of a
+    `qwen2` model as `Qwen2Tokenizer`, which rebuilds byte-level BPE around the saved vocabulary.
+    Storing the vocabulary in byte-level form with no merges makes that reconstruction exact:
+    every character is one token, the same ids everywhere.
+    """
+    from transformers import Qwen2Tokenizer
+
+    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS)}
+    for char in CHARACTERS:
+        vocab[_BYTES[ord(char)]] = len(vocab)
+    tokenizer = Qwen2Tokenizer(
+        vocab=vocab,
+        merges=[],
         unk_token="<unk>",
+        eos_token="<eos>",
+        pad_token="<pad>",
         model_max_length=512,
         clean_up_tokenization_spaces=False,
     )

@@ -158,7 +158,7 @@ def train_model(spec: TrainSpec, output_dir: str | Path, progress=None) -> dict:
         losses.append(loss.item())
         if progress is not None:
             progress(step + 1, spec.iterations, losses[-1])
-        elif (step + 1) % 100 == 0:
+        if (step + 1) % 100 == 0:  # plain log lines too: a progress bar is invisible off a terminal
             log.info("step %d/%d loss %.4f", step + 1, spec.iterations, sum(losses[-100:]) / 100)
     seconds = time.perf_counter() - start
 
