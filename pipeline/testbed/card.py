@@ -48,8 +48,8 @@ def write_model_card(models_dir: Path, reports: dict[str, ModelReport], cost_rat
         "",
         "## Training configuration",
         "",
-        "Seeds are explicit; retraining with the same command and seed reproduces these numbers",
-        "closely (bit-exactness is not promised across CPUs: float32 sums reorder).",
+        "Seeds are explicit; the same command and seed retrain the same recipe (a repeat run has not yet been",
+        "compared; bit-exactness is not promised across CPUs: float32 sums reorder).",
         "",
     ]
     for name in reports:

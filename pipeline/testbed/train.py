@@ -57,7 +57,7 @@ class TrainSpec(BaseModel):
 PRESETS: dict[str, TrainSpec] = {
     "small": TrainSpec(
         model=ModelSpec(hidden_size=128, num_layers=2, num_heads=4, intermediate_size=512),
-        iterations=1200,
+        iterations=1600,  # the committed model; 1,550 gave 24 % accuracy, 1,600 gives 76 %
         lr=3e-3,
     ),
     "large": TrainSpec(
