@@ -10,7 +10,6 @@ visible in its own confidence. All numbers are TESTBED numbers.
 from __future__ import annotations
 
 import logging
-import os
 import re
 from dataclasses import dataclass, field
 
@@ -97,15 +96,10 @@ class Trajectory:
 
 
 def _engine(model: ModelConfig):
-    import torch
+    from pipeline.engines.vllm_engine import configure_cpu_environment, engine_kwargs
 
-    if not torch.cuda.is_available():
-        # vLLM on CPU: in-process engine core (~2 s start instead of ~15 s), no core pinning.
-        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+    configure_cpu_environment()
     from vllm import LLM  # lazy: only code that generates imports vLLM
-
-    from pipeline.engines.vllm_engine import engine_kwargs
 
     return LLM(**engine_kwargs(model))
 
