@@ -116,4 +116,8 @@ class VLLMEngine:
         return list(await asyncio.gather(*(self.generate(r) for r in requests)))
 
     def shutdown(self) -> None:
-        self._engine.shutdown()
+        if self._engine is not None:
+            self._engine.shutdown()
+            # Drop the engine now: AsyncLLM.__del__ shuts down again, which fails once the
+            # interpreter has started tearing modules down.
+            self._engine = None

@@ -25,6 +25,10 @@ def small_engine():
     loop = asyncio.new_event_loop()
     yield engine, cfg, loop.run_until_complete
     engine.shutdown()
+    pending = asyncio.all_tasks(loop)  # vLLM's output handler: cancel it, then close the loop
+    for task in pending:
+        task.cancel()
+    loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
     loop.close()
 
 
