@@ -34,6 +34,7 @@ _SCHEMA = pa.schema(
         ("finish_reason", pa.string()),
         ("prompt_tokens", pa.int64()),
         ("cached_prompt_tokens", pa.int64()),
+        ("prompt_logprobs", pa.list_(pa.float64())),
     ]
 )
 
@@ -113,6 +114,7 @@ class StepCache:
             rows["finish_reason"].append(r.finish_reason)
             rows["prompt_tokens"].append(r.prompt_tokens)
             rows["cached_prompt_tokens"].append(r.cached_prompt_tokens)
+            rows["prompt_logprobs"].append(list(r.prompt_logprobs))
         table = pa.table(rows, schema=_SCHEMA)
         # Shard names sort by creation: a zero-padded count, then a random suffix so that two
         # writers sharing a folder never collide.
@@ -153,8 +155,36 @@ class StepCache:
                     finish_reason=row["finish_reason"],
                     prompt_tokens=row["prompt_tokens"],
                     cached_prompt_tokens=row["cached_prompt_tokens"],
+                    prompt_logprobs=tuple(row["prompt_logprobs"]),
                 )
         if shards:
             log.info(
                 "step cache: loaded %d entries from %d shard(s)", len(self._entries), len(shards)
             )
+
+
+class CachedEngine:
+    """A step engine fronted by a `StepCache`: hits are answered here, misses go to the engine.
+
+    Same interface as the engine it wraps (`StepEngine`), so the controller does not know.
+    """
+
+    def __init__(self, engine, cache: StepCache) -> None:
+        self.engine = engine
+        self.cache = cache
+        self.fingerprint = engine.fingerprint
+        self.max_model_len = engine.max_model_len
+        self.name = getattr(engine, "name", self.fingerprint)
+
+    async def generate(self, request: StepRequest) -> StepResult:
+        return (await self.generate_batch([request]))[0]
+
+    async def generate_batch(self, requests: list[StepRequest]) -> list[StepResult]:
+        results: list[StepResult | None] = [self.cache.get(self.fingerprint, r) for r in requests]
+        missing = [i for i, result in enumerate(results) if result is None]
+        if missing:
+            fresh = await self.engine.generate_batch([requests[i] for i in missing])
+            for i, result in zip(missing, fresh, strict=True):
+                self.cache.put(self.fingerprint, requests[i], result)
+                results[i] = result
+        return results  # type: ignore[return-value]

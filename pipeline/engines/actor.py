@@ -7,10 +7,16 @@ A crashed engine is restarted by Ray (`max_restarts`), and callers' calls are re
 
 from __future__ import annotations
 
+import logging
+import os
+from pathlib import Path
+
 import ray
 
 from pipeline.config import ModelConfig
-from pipeline.engines.types import StepRequest, StepResult
+from pipeline.engines.types import StepRequest, StepResult, model_fingerprint
+
+log = logging.getLogger(__name__)
 
 ACTOR_PREFIX = "steproute-engine-"
 MAX_RESTARTS = 3
@@ -31,15 +37,58 @@ class EngineActor:
         self.model = model
 
     async def generate_batch(self, requests: list[StepRequest]) -> list[StepResult]:
-        return await self.engine.generate_batch(requests)
+        try:
+            return await self.engine.generate_batch(requests)
+        except Exception as exc:
+            if _engine_dead(exc):
+                # The engine process is gone and vLLM cannot revive it in place: end this actor
+                # so that Ray restarts it (max_restarts) and retries the callers' calls.
+                log.error(
+                    "engine %s died (%s); exiting so Ray restarts the actor", self.model.name, exc
+                )
+                os._exit(1)
+            raise
 
     async def describe(self) -> dict:
+        import psutil
+
         return {
             "name": self.model.name,
             "fingerprint": self.engine.fingerprint,
             "max_model_len": self.engine.max_model_len,
             "node_id": ray.get_runtime_context().get_node_id(),
+            "pid": os.getpid(),
+            "child_pids": [p.pid for p in psutil.Process().children(recursive=True)],
         }
+
+
+def _engine_dead(exc: BaseException) -> bool:
+    try:
+        from vllm.v1.engine.exceptions import EngineDeadError
+    except ImportError:  # an OpenAI engine only: no local engine process to die
+        return False
+    return isinstance(exc, EngineDeadError)
+
+
+class ActorEngine:
+    """A `StepEngine` that forwards to an `EngineActor`: what callers hold instead of an engine.
+
+    Ray retries a call that was in flight when the actor died once the actor is back
+    (`max_task_retries`), so a restart looks like a slow call to the controller.
+    """
+
+    def __init__(self, actor, model: ModelConfig) -> None:
+        self.actor = actor
+        info = ray.get(actor.describe.remote())  # also waits until the engine is up
+        self.name = info["name"]
+        self.fingerprint = model_fingerprint(model.path, model.revision, model.dtype)
+        self.max_model_len = info["max_model_len"]
+
+    async def generate(self, request: StepRequest) -> StepResult:
+        return (await self.generate_batch([request]))[0]
+
+    async def generate_batch(self, requests: list[StepRequest]) -> list[StepResult]:
+        return await self.actor.generate_batch.remote(requests)
 
 
 def actor_options(model: ModelConfig) -> dict:
@@ -69,5 +118,11 @@ def actor_options(model: ModelConfig) -> dict:
 
 
 def engine_actor(model: ModelConfig):
-    """The named actor for `model`, started if no caller started it yet."""
+    """The named actor for `model`, started if no caller started it yet.
+
+    A model folder given relative to this process's directory is made absolute: the actor may
+    run in another directory, or on another node of a cluster with the same layout.
+    """
+    if Path(model.path).exists():
+        model = model.model_copy(update={"path": str(Path(model.path).resolve())})
     return ray.remote(EngineActor).options(**actor_options(model)).remote(model)

@@ -18,6 +18,9 @@ class StepRequest:
     temperature: float = 0.0
     seed: int | None = 0
     include_stop_str_in_output: bool = True
+    # Score the last `score_tokens` prompt tokens: the engine returns their logprobs under this
+    # model (`StepResult.prompt_logprobs`). A verifier reads a draft this way (SpecReason-like).
+    score_tokens: int = 0
 
     @property
     def deterministic(self) -> bool:
@@ -32,6 +35,7 @@ class StepRequest:
             self.temperature,
             self.seed,
             self.include_stop_str_in_output,
+            self.score_tokens,
         )
         return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
 
@@ -48,6 +52,13 @@ class StepResult:
     finish_reason: str = "stop"  # "stop" (separator or eos), "length", "eos"
     prompt_tokens: int = 0
     cached_prompt_tokens: int = 0  # prompt tokens served from the engine's prefix cache
+    prompt_logprobs: tuple[float, ...] = ()  # logprobs of the last `score_tokens` prompt tokens
+
+
+def model_fingerprint(path: str, revision: str | None, dtype: str) -> str:
+    """What identifies a model's outputs (the step cache keys on it): weights + revision + dtype.
+    `path` is the name the config gives, so a checkout's location does not change it."""
+    return f"{path}@{revision or 'main'}:{dtype}"
 
 
 class StepEngine(Protocol):

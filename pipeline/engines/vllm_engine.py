@@ -13,7 +13,7 @@ import logging
 import os
 
 from pipeline.config import ModelConfig
-from pipeline.engines.types import StepRequest, StepResult
+from pipeline.engines.types import StepRequest, StepResult, model_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class VLLMEngine:
         args = AsyncEngineArgs(**engine_kwargs(model))
         self._engine = AsyncLLM.from_engine_args(args)
         self.max_model_len = self._engine.model_config.max_model_len
-        self.fingerprint = f"{model.path}@{model.revision or 'main'}:{model.dtype}"
+        self.fingerprint = model_fingerprint(model.path, model.revision, model.dtype)
         self.name = model.name
 
     async def generate(self, request: StepRequest) -> StepResult:
@@ -72,8 +72,10 @@ class VLLMEngine:
         room = self.max_model_len - len(request.prompt_token_ids)
         if room <= 0:  # the context is full: nothing can be generated
             return StepResult((), "", (), (), "length", len(request.prompt_token_ids), 0)
+        scored = min(request.score_tokens, len(request.prompt_token_ids) - 1)
         params = SamplingParams(
             max_tokens=min(request.max_tokens, room),
+            prompt_logprobs=0 if scored > 0 else None,
             temperature=request.temperature,
             seed=request.seed if request.temperature > 0 else None,
             stop=list(request.stop),
@@ -101,6 +103,14 @@ class VLLMEngine:
             finish = "eos"  # vLLM reports both eos and stop strings as "stop"
         else:
             finish = "stop"
+        prompt_logprobs: tuple[float, ...] = ()
+        if scored > 0:
+            # Entry i holds the logprob of prompt token i given the tokens before it (entry 0 is
+            # None: the first token has no context); the chosen token is always included.
+            tail = zip(
+                request.prompt_token_ids[-scored:], final.prompt_logprobs[-scored:], strict=True
+            )
+            prompt_logprobs = tuple(entry[token_id].logprob for token_id, entry in tail)
         return StepResult(
             token_ids=ids,
             text=completion.text,
@@ -109,6 +119,7 @@ class VLLMEngine:
             finish_reason=finish,
             prompt_tokens=len(request.prompt_token_ids),
             cached_prompt_tokens=final.num_cached_tokens or 0,
+            prompt_logprobs=prompt_logprobs,
         )
 
     async def generate_batch(self, requests: list[StepRequest]) -> list[StepResult]:
