@@ -1,0 +1,366 @@
+"""The stepwise controller: one state machine that solves many problems a step at a time.
+
+Per problem a `ReasoningState` holds each model's context as token ids, the steps taken (and by
+which model), the cost paid so far and whether the problem is done. The batched primitives are
+the whole vocabulary of routing:
+
+    drafts = await controller.draft(states)            # small model, one step each (cost paid)
+    obs = controller.observe(states, drafts)           # features, in FEATURE_NAMES order
+    steps = await controller.escalate(states, "large") # a larger model writes the step instead
+    controller.advance(state, step, model)             # append the kept step to every context
+
+`run(problems, rule)` drives them for a routing rule; the RLlib environment calls the same
+primitives with the policy's actions, and the Serve router calls `run` for one request. Nothing
+else implements the step loop.
+
+A kept step is appended to every model's context as token ids. Models that share a vocabulary
+(the testbed pair, Qwen2.5-Math 1.5B/7B) get the very ids generated; a model with another
+vocabulary gets the step's text tokenized by its own tokenizer (not a re-tokenization of its own
+output).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pipeline.config import ExperimentConfig, ModelConfig
+from pipeline.cost import step_cost
+from pipeline.data import Problem
+from pipeline.engines.types import StepEngine, StepRequest, StepResult
+from pipeline.features import TrajectoryStats, draft_stats, feature_vector
+from pipeline.grading import extract_answer, grade
+from pipeline.prompts import prompt_token_ids
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Controller", "Observation", "ReasoningState", "StepRecord"]
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """One kept step of a trajectory, with what the router saw when it chose it."""
+
+    model: str  # who wrote the kept step
+    text: str
+    token_ids: tuple[int, ...]
+    cost: float  # everything paid for this step: draft, verification, escalation
+    features: tuple[float, ...]  # the observation at the decision (the draft's features)
+    score: float | None = None  # the rule's escalation score, when it has one
+    draft_text: str | None = None  # the discarded draft, when the step was escalated
+    mean_logprob: float = math.nan  # the kept step's mean token logprob under its writer
+
+    @property
+    def escalated(self) -> bool:
+        return self.draft_text is not None
+
+
+@dataclass
+class ReasoningState:
+    problem: Problem
+    contexts: dict[str, list[int]]  # per model: prompt + kept steps, as that model's token ids
+    prompt_lengths: dict[str, int]
+    steps: list[StepRecord] = field(default_factory=list)
+    cost: float = 0.0
+    done: bool = False
+    stop_reason: str | None = None  # answer | eos | max_steps | max_tokens
+    final_answer: str | None = None
+    min_draft_prob: float = 1.0  # lowest draft mean probability seen so far
+    _step_start_cost: float = 0.0
+
+    @property
+    def solution(self) -> str:
+        return "".join(step.text for step in self.steps)
+
+    @property
+    def escalations(self) -> int:
+        return sum(step.escalated for step in self.steps)
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What a routing rule sees for a batch of drafts."""
+
+    features: np.ndarray  # (batch, NUM_FEATURES), FEATURE_NAMES order
+    problem_ids: tuple[str, ...]
+    step_indices: tuple[int, ...]
+    verifier_mean_logprob: np.ndarray | None = None  # the large model's score of each draft
+
+
+class Controller:
+    def __init__(
+        self,
+        cfg: ExperimentConfig,
+        engines: Mapping[str, StepEngine],
+        tokenizers: Mapping[str, object] | None = None,
+    ) -> None:
+        missing = [m.name for m in cfg.models if m.name not in engines]
+        if missing:
+            raise ValueError(f"no engine for model(s) {missing}; engines: {sorted(engines)}")
+        self.cfg = cfg
+        self.models: tuple[ModelConfig, ...] = cfg.models
+        self.by_name = {m.name: m for m in cfg.models}
+        self.small = cfg.models[0].name
+        self.large = cfg.models[-1].name
+        self.engines = engines
+        self.tokenizers = dict(tokenizers) if tokenizers else _load_tokenizers(cfg.models)
+        first = self.tokenizers[self.small].get_vocab()
+        self._shared_vocab = all(t.get_vocab() == first for t in self.tokenizers.values())
+        self.benchmark = cfg.dataset.name
+        # The scale of the cost feature: the budget per problem when one is set in absolute
+        # terms is unknown here, so features use the large model's cost of max_steps steps.
+        self.cost_scale = self._cost_scale()
+
+    # ------------------------------------------------------------------ states
+
+    def start(self, problem: Problem) -> ReasoningState:
+        contexts = {
+            name: prompt_token_ids(tok, problem, self.benchmark)
+            for name, tok in self.tokenizers.items()
+        }
+        return ReasoningState(
+            problem=problem,
+            contexts=contexts,
+            prompt_lengths={name: len(ids) for name, ids in contexts.items()},
+        )
+
+    def _request(self, state: ReasoningState, model: str, score_tokens: int = 0) -> StepRequest:
+        sampling = self.by_name[model].sampling
+        return StepRequest(
+            prompt_token_ids=tuple(state.contexts[model]),
+            max_tokens=sampling.max_step_tokens,
+            stop=(self.cfg.routing.step_separator,),
+            n_logprobs=sampling.n_logprobs,
+            temperature=sampling.temperature,
+            seed=sampling.seed,
+            score_tokens=score_tokens,
+        )
+
+    async def _generate(self, states: Sequence[ReasoningState], model: str) -> list[StepResult]:
+        requests = [self._request(s, model) for s in states]
+        results = await self.engines[model].generate_batch(requests)
+        config = self.by_name[model]
+        for state, result in zip(states, results, strict=True):
+            state.cost += step_cost(self.cfg.routing.cost_model, config, result)
+        return results
+
+    # ------------------------------------------------------------------ primitives
+
+    async def draft(self, states: Sequence[ReasoningState]) -> list[StepResult]:
+        """The small model proposes the next step of each state; the draft's cost is paid."""
+        for state in states:
+            state._step_start_cost = state.cost
+        return await self._generate(states, self.small)
+
+    async def escalate(self, states: Sequence[ReasoningState], model: str) -> list[StepResult]:
+        """`model` writes the next step of each state instead of the draft."""
+        return await self._generate(states, model)
+
+    async def verify(
+        self, states: Sequence[ReasoningState], drafts: Sequence[StepResult], model: str
+    ) -> np.ndarray:
+        """Mean logprob of each draft under `model` (prompt logprobs; its cost is paid)."""
+        requests = []
+        for state, draft in zip(states, drafts, strict=True):
+            ids = self._as_model_tokens(draft, model)
+            context = tuple(state.contexts[model]) + tuple(ids)
+            request = self._request(state, model, score_tokens=len(ids))
+            requests.append(
+                StepRequest(
+                    prompt_token_ids=context,
+                    max_tokens=1,
+                    stop=request.stop,
+                    score_tokens=len(ids),
+                )
+            )
+        results = await self.engines[model].generate_batch(requests)
+        scores = np.zeros(len(states))
+        for i, (state, result) in enumerate(zip(states, results, strict=True)):
+            state.cost += step_cost(self.cfg.routing.cost_model, self.by_name[model], result)
+            finite = [lp for lp in result.prompt_logprobs if math.isfinite(lp)]
+            scores[i] = sum(finite) / len(finite) if finite else 0.0
+        return scores
+
+    def observe(
+        self, states: Sequence[ReasoningState], drafts: Sequence[StepResult]
+    ) -> Observation:
+        """The features of each draft and trajectory (pipeline.features)."""
+        max_step_tokens = self.by_name[self.small].sampling.max_step_tokens
+        rows = []
+        for state, draft in zip(states, drafts, strict=True):
+            stats = draft_stats(
+                draft.token_logprobs, draft.top_logprobs, draft.text, max_step_tokens
+            )
+            trajectory = TrajectoryStats(
+                step_index=len(state.steps),
+                max_steps=self.cfg.routing.max_steps,
+                cost_so_far=state._step_start_cost,
+                cost_scale=self.cost_scale,
+                escalated_steps=state.escalations,
+                min_draft_prob_so_far=state.min_draft_prob,
+                prev_escalated=bool(state.steps) and state.steps[-1].escalated,
+            )
+            rows.append(feature_vector(stats, trajectory))
+        return Observation(
+            features=np.asarray(rows, dtype=np.float32).reshape(len(rows), -1),
+            problem_ids=tuple(s.problem.id for s in states),
+            step_indices=tuple(len(s.steps) for s in states),
+        )
+
+    def advance(
+        self,
+        state: ReasoningState,
+        step: StepResult,
+        model: str,
+        *,
+        draft: StepResult | None = None,
+        features: Sequence[float] = (),
+        score: float | None = None,
+    ) -> None:
+        """Keep `step` (written by `model`): append it to every context, check termination.
+
+        `draft` is the small model's proposal when `step` replaced it (an escalation).
+        """
+        if features:  # features[0] is the draft's mean probability
+            state.min_draft_prob = min(state.min_draft_prob, float(features[0]))
+        for name in state.contexts:
+            ids = step.token_ids if name == model else self._as_model_tokens(step, name, model)
+            state.contexts[name].extend(ids)
+        state.steps.append(
+            StepRecord(
+                model=model,
+                text=step.text,
+                token_ids=tuple(step.token_ids),
+                cost=state.cost - state._step_start_cost,
+                features=tuple(float(x) for x in features),
+                score=score,
+                draft_text=None if model == self.small or draft is None else draft.text,
+                mean_logprob=_mean(step.token_logprobs),
+            )
+        )
+        self._check_done(state, step, model)
+
+    def _check_done(self, state: ReasoningState, step: StepResult, model: str) -> None:
+        routing = self.cfg.routing
+        generated = len(state.contexts[self.small]) - state.prompt_lengths[self.small]
+        room = self.engines[model].max_model_len - len(state.contexts[model])
+        if extract_answer(step.text, self.benchmark) is not None:
+            state.stop_reason = "answer"
+        elif step.finish_reason == "eos":
+            state.stop_reason = "eos"
+        elif len(state.steps) >= routing.max_steps:
+            state.stop_reason = "max_steps"
+        elif generated >= routing.max_total_tokens or room <= 0 or not step.token_ids:
+            state.stop_reason = "max_tokens"
+        if state.stop_reason is not None:
+            state.done = True
+            state.final_answer = extract_answer(state.solution, self.benchmark)
+
+    def _as_model_tokens(
+        self, step: StepResult, model: str, writer: str | None = None
+    ) -> list[int]:
+        if self._shared_vocab or writer == model:
+            return list(step.token_ids)
+        return self.tokenizers[model].encode(step.text, add_special_tokens=False)
+
+    # ------------------------------------------------------------------ the loop
+
+    async def step(self, states: Sequence[ReasoningState], rule) -> None:
+        """One routed step for every state: draft, observe, decide, escalate, advance."""
+        if not getattr(rule, "drafts", True):  # e.g. large_only: no draft to decide on
+            for state in states:
+                state._step_start_cost = state.cost
+            target = self.models[-1].name
+            for state, result in zip(states, await self.escalate(states, target), strict=True):
+                self.advance(state, result, target)
+            return
+        drafts = await self.draft(states)
+        obs = self.observe(states, drafts)
+        if getattr(rule, "needs_verifier", False):
+            verifier = await self.verify(states, drafts, self.large)
+            obs = Observation(obs.features, obs.problem_ids, obs.step_indices, verifier)
+        actions = np.asarray(rule.decide(obs), dtype=np.int64)
+        if getattr(rule, "num_actions", 2) != len(self.models):
+            # A keep-or-escalate rule on a longer ladder escalates to the largest model.
+            actions = np.where(actions > 0, len(self.models) - 1, 0)
+        scores = rule.scores(obs) if hasattr(rule, "scores") else None
+        steps: list[tuple[StepResult, str]] = [(d, self.small) for d in drafts]
+        for level in range(1, len(self.models)):
+            chosen = [i for i, a in enumerate(actions) if a == level]
+            if chosen:
+                name = self.models[level].name
+                results = await self.escalate([states[i] for i in chosen], name)
+                for i, result in zip(chosen, results, strict=True):
+                    steps[i] = (result, name)
+        for i, (state, (result, model)) in enumerate(zip(states, steps, strict=True)):
+            self.advance(
+                state,
+                result,
+                model,
+                draft=drafts[i],
+                features=obs.features[i].tolist(),
+                score=None if scores is None else float(scores[i]),
+            )
+
+    async def run(
+        self,
+        problems: Sequence[Problem],
+        rule,
+        concurrency: int = 64,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> list[ReasoningState]:
+        """Solve `problems` under `rule`, `concurrency` at a time; states come back in order.
+
+        Every problem in flight takes one step per round, so the engines see a batch of
+        `concurrency` requests; a finished problem's slot is refilled at once.
+        """
+        states = [self.start(p) for p in problems]
+        waiting = list(reversed(states))
+        active: list[ReasoningState] = []
+        finished = 0
+        started = time.perf_counter()
+        while waiting or active:
+            while waiting and len(active) < concurrency:
+                active.append(waiting.pop())
+            await self.step(active, rule)
+            still = [s for s in active if not s.done]
+            finished += len(active) - len(still)
+            active = still
+            if progress is not None:
+                progress(finished, len(states))
+        log.info("solved %d problems in %.1f s", len(states), time.perf_counter() - started)
+        return states
+
+    def run_sync(self, problems: Sequence[Problem], rule, **kwargs) -> list[ReasoningState]:
+        return asyncio.run(self.run(problems, rule, **kwargs))
+
+    # ------------------------------------------------------------------ grading
+
+    def is_correct(self, state: ReasoningState) -> bool:
+        return grade(state.solution, state.problem.gold_answer, self.benchmark).correct
+
+    def _cost_scale(self) -> float:
+        large = self.by_name[self.large]
+        tokens = self.cfg.routing.max_steps * large.sampling.max_step_tokens
+        fake = StepResult(token_ids=(0,) * tokens, text="", token_logprobs=())
+        try:
+            return step_cost(self.cfg.routing.cost_model, large, fake)
+        except ValueError:
+            return 0.0
+
+
+def _mean(values: Sequence[float]) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else math.nan
+
+
+def _load_tokenizers(models: Sequence[ModelConfig]) -> dict[str, object]:
+    from transformers import AutoTokenizer
+
+    return {m.name: AutoTokenizer.from_pretrained(m.path, revision=m.revision) for m in models}

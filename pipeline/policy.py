@@ -1,0 +1,106 @@
+"""`RouterPolicy`: the small torch network that maps an observation to p(escalate).
+
+The RLlib module wraps this same network, so trained weights export without conversion. With
+no hidden layers it is a logistic regression on the features; `RouterPolicy.hand_set()` gives
+one with hand-chosen weights, which exercises the `policy` rule before any training.
+
+Saved as a folder: `policy.pt` (state dict) + `policy.json` (its own config: feature names,
+hidden sizes, number of actions), so a checkpoint carries what is needed to load it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pipeline.features import FEATURE_NAMES, NUM_FEATURES
+
+__all__ = ["RouterPolicy"]
+
+
+class RouterPolicy(nn.Module):
+    def __init__(
+        self,
+        hidden_sizes: tuple[int, ...] = (64, 64),
+        num_actions: int = 2,
+        num_features: int = NUM_FEATURES,
+    ) -> None:
+        super().__init__()
+        self.hidden_sizes = tuple(hidden_sizes)
+        self.num_actions = num_actions
+        self.num_features = num_features
+        layers: list[nn.Module] = []
+        width = num_features
+        for size in self.hidden_sizes:
+            layers += [nn.Linear(width, size), nn.Tanh()]
+            width = size
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(width, num_actions)  # logits: action 0 = keep the draft
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(obs))
+
+    @torch.no_grad()
+    def escalation_probability(self, features) -> torch.Tensor:
+        """p(any larger model writes the step) for a batch of feature rows."""
+        obs = torch.as_tensor(features, dtype=torch.float32).reshape(len(features), -1)
+        obs = obs[:, : self.num_features]  # features appended after training are not used
+        return 1.0 - torch.softmax(self(obs), dim=-1)[:, 0]
+
+    # ------------------------------------------------------------------ hand-set baseline
+
+    @classmethod
+    def hand_set(cls) -> RouterPolicy:
+        """A logistic rule by hand: escalate unsure drafts, more so late in the trajectory."""
+        policy = cls(hidden_sizes=())
+        weights = dict.fromkeys(FEATURE_NAMES, 0.0) | {
+            "draft/mean_prob": -12.0,
+            "draft/min_prob": -4.0,
+            "draft/mean_entropy": 3.0,
+            "traj/step_fraction": 2.0,
+            "traj/min_draft_prob_so_far": -1.0,
+        }
+        with torch.no_grad():
+            policy.head.weight.zero_()
+            policy.head.bias.zero_()
+            policy.head.weight[1] = torch.tensor([weights[name] for name in FEATURE_NAMES])
+            policy.head.bias[1] = 12.0
+        return policy
+
+    # ------------------------------------------------------------------ persistence
+
+    def save(self, folder: str | Path) -> Path:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.save(self.state_dict(), folder / "policy.pt")
+        meta = {
+            "hidden_sizes": list(self.hidden_sizes),
+            "num_actions": self.num_actions,
+            "feature_names": list(FEATURE_NAMES[: self.num_features]),
+        }
+        (folder / "policy.json").write_text(json.dumps(meta, indent=2))
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> RouterPolicy:
+        folder = Path(folder)
+        meta_path = folder / "policy.json"
+        if not meta_path.exists():
+            raise FileNotFoundError(
+                f"{folder} holds no policy (policy.json missing); fix: point to a folder "
+                "written by RouterPolicy.save or by `steproute train`"
+            )
+        meta = json.loads(meta_path.read_text())
+        names = tuple(meta["feature_names"])
+        if names != FEATURE_NAMES[: len(names)]:
+            raise ValueError(
+                f"policy in {folder} was trained on features {list(names)}, which do not match "
+                f"this version's FEATURE_NAMES prefix; retrain it"
+            )
+        policy = cls(tuple(meta["hidden_sizes"]), meta["num_actions"], len(names))
+        policy.load_state_dict(torch.load(folder / "policy.pt", weights_only=True))
+        policy.eval()
+        return policy

@@ -1,0 +1,34 @@
+"""The prompt each model sees: the problem, rendered by the model's own chat template, as token ids.
+
+The decision problem needs steps separated by a blank line and a final answer line, so real
+benchmarks add one instruction saying so; the testbed models were trained on bare questions
+(their chat template renders `Q: <question>\\nA:\\n`), so they get the question alone.
+"""
+
+from __future__ import annotations
+
+from pipeline.data import Problem
+
+__all__ = ["STEP_INSTRUCTION", "prompt_text", "prompt_token_ids"]
+
+STEP_INSTRUCTION = (
+    "Solve the problem step by step. Separate consecutive steps with a blank line. "
+    "Put the final answer within \\boxed{}."
+)
+
+
+def prompt_text(tokenizer, problem: Problem, benchmark: str) -> str:
+    """The rendered prompt (chat template when the tokenizer has one)."""
+    content = (
+        problem.question if benchmark == "testbed" else f"{problem.question}\n\n{STEP_INSTRUCTION}"
+    )
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
+        )
+    return f"Question: {content}\nAnswer:\n"
+
+
+def prompt_token_ids(tokenizer, problem: Problem, benchmark: str) -> list[int]:
+    """Token ids of the prompt. The template already holds any special tokens it needs."""
+    return tokenizer.encode(prompt_text(tokenizer, problem, benchmark), add_special_tokens=False)

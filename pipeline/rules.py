@@ -1,0 +1,167 @@
+"""Routing rules: given a batch of drafts' observations, keep each draft (0) or escalate it.
+
+A rule is a tiny class in a registry (`register`, `make_rule`). Thresholded rules compute an
+escalation score in [0, 1] per draft and escalate iff score >= threshold, so a sweep of the
+threshold from above 1 down to 0 runs from small-only to always-escalate. Escalation goes to the
+largest model of the ladder (action K-1).
+
+| name | score (escalate iff score >= threshold) |
+| --- | --- |
+| `small_only` / `large_only` | never / always |
+| `random` | uniform, from a hash of (problem, step, seed): escalates a fraction p = 1 - threshold |
+| `confidence_threshold` | 1 - draft mean token probability (STEER-like: escalate when unsure) |
+| `large_likelihood` | 1 - exp(mean logprob of the draft under the large model) (SpecReason-like) |
+| `prm_threshold` | 1 - process reward of the draft (RSD-like; needs a PRM model) |
+| `policy` | p(escalate) of a `RouterPolicy`; the threshold is the calibrated kappa |
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+
+from pipeline.controller import Observation
+from pipeline.features import FEATURE_NAMES
+
+__all__ = ["RULES", "RoutingRule", "ThresholdRule", "make_rule", "register"]
+
+RULES: dict[str, type[RoutingRule]] = {}
+NEVER = math.inf  # a threshold no score reaches
+
+
+def register(name: str) -> Callable[[type[RoutingRule]], type[RoutingRule]]:
+    def add(cls: type[RoutingRule]) -> type[RoutingRule]:
+        if name in RULES:
+            raise ValueError(f"routing rule '{name}' is already registered ({RULES[name]})")
+        cls.name = name
+        RULES[name] = cls
+        return cls
+
+    return add
+
+
+def make_rule(name: str, **params) -> RoutingRule:
+    try:
+        cls = RULES[name]
+    except KeyError:
+        raise ValueError(f"unknown routing rule '{name}'; known: {sorted(RULES)}") from None
+    return cls(**params)
+
+
+class RoutingRule:
+    name: ClassVar[str] = "?"
+    needs_verifier: ClassVar[bool] = False  # the controller scores drafts with the large model
+    needs_prm: ClassVar[bool] = False  # the controller scores drafts with a process reward model
+    drafts: ClassVar[bool] = True  # False: the rule never looks at a draft, so none is made
+    num_actions: int = 2
+
+    def decide(self, obs: Observation) -> np.ndarray:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        return self.name
+
+
+@register("small_only")
+class SmallOnly(RoutingRule):
+    def decide(self, obs: Observation) -> np.ndarray:
+        return np.zeros(len(obs.features), dtype=np.int64)
+
+
+@register("large_only")
+class LargeOnly(RoutingRule):
+    """The large model alone (no drafts): the cost every budget is normalized against."""
+
+    drafts = False
+
+    def decide(self, obs: Observation) -> np.ndarray:
+        return np.full(len(obs.features), self.num_actions - 1, dtype=np.int64)
+
+
+class ThresholdRule(RoutingRule):
+    def __init__(self, threshold: float = 0.5) -> None:
+        self.threshold = float(threshold)
+
+    def scores(self, obs: Observation) -> np.ndarray:
+        raise NotImplementedError
+
+    def decide(self, obs: Observation) -> np.ndarray:
+        escalate = self.scores(obs) >= self.threshold
+        return np.where(escalate, self.num_actions - 1, 0).astype(np.int64)
+
+    def with_threshold(self, threshold: float) -> ThresholdRule:
+        """The same rule at another operating point."""
+        clone = object.__new__(type(self))
+        clone.__dict__.update(self.__dict__, threshold=float(threshold))
+        return clone
+
+    def describe(self) -> str:
+        return f"{self.name}@{self.threshold:.4g}"
+
+
+@register("random")
+class RandomRule(ThresholdRule):
+    """Escalates a random fraction p of steps; the draw depends only on (problem, step, seed)."""
+
+    def __init__(self, p: float | None = None, seed: int = 0, threshold: float = 0.5) -> None:
+        super().__init__(1.0 - p if p is not None else threshold)
+        self.seed = seed
+
+    def scores(self, obs: Observation) -> np.ndarray:
+        draws = []
+        for problem_id, step in zip(obs.problem_ids, obs.step_indices, strict=True):
+            digest = hashlib.sha256(f"{self.seed}|{problem_id}|{step}".encode()).digest()
+            draws.append(int.from_bytes(digest[:8], "big") / 2**64)
+        return np.asarray(draws)
+
+
+@register("confidence_threshold")
+class ConfidenceThreshold(ThresholdRule):
+    _column = FEATURE_NAMES.index("draft/mean_prob")
+
+    def scores(self, obs: Observation) -> np.ndarray:
+        return 1.0 - obs.features[:, self._column].astype(np.float64)
+
+
+@register("large_likelihood")
+class LargeLikelihood(ThresholdRule):
+    needs_verifier = True
+
+    def scores(self, obs: Observation) -> np.ndarray:
+        if obs.verifier_mean_logprob is None:
+            raise ValueError("large_likelihood needs the verifier's scores in the observation")
+        return 1.0 - np.exp(obs.verifier_mean_logprob)
+
+
+@register("prm_threshold")
+class PRMThreshold(ThresholdRule):
+    needs_prm = True
+
+    def scores(self, obs: Observation) -> np.ndarray:
+        raise NotImplementedError(
+            "prm_threshold: process-reward scoring through the engine layer is not built yet"
+        )
+
+
+@register("policy")
+class PolicyRule(ThresholdRule):
+    """A `RouterPolicy` (loaded from a folder, or the hand-set linear one) with threshold kappa."""
+
+    def __init__(self, policy=None, kappa: float = 0.5, threshold: float | None = None) -> None:
+        from pipeline.policy import RouterPolicy
+
+        super().__init__(kappa if threshold is None else threshold)
+        if policy is None or policy == "hand_set":
+            policy = RouterPolicy.hand_set()
+        elif isinstance(policy, str | Path):
+            policy = RouterPolicy.load(policy)
+        self.policy = policy
+        self.num_actions = 2  # p(escalate) lumps every larger model; the threshold picks the top
+
+    def scores(self, obs: Observation) -> np.ndarray:
+        return self.policy.escalation_probability(obs.features).numpy().astype(np.float64)

