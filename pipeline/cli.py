@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from pathlib import Path
@@ -13,7 +14,7 @@ from rich.logging import RichHandler
 from rich.table import Table
 
 from pipeline.config import ConfigError, load_config
-from pipeline.data import SPLITS, DataError, load_problems, split_problems
+from pipeline.data import SPLITS, DataError, load_problems, load_split, split_problems
 from pipeline.grading import grade
 
 app = typer.Typer(no_args_is_help=True, help="Stepwise model routing for cost-effective reasoning.")
@@ -177,8 +178,7 @@ def testbed_report(
 ) -> None:
     """Measure the routing signal: accuracy of each model and the small model's step-error AUROC."""
     from pipeline.testbed.card import write_model_card
-    from pipeline.testbed.report import run_model
-    from pipeline.testbed.tasks import generate_problems
+    from pipeline.testbed.report import measure
 
     try:
         cfg = load_config(config)
@@ -186,12 +186,14 @@ def testbed_report(
         raise _fail(str(exc)) from None
     if cfg.dataset.name != "testbed":
         raise _fail(f"{config} is not a testbed config (dataset.name is '{cfg.dataset.name}')")
-    held_out = generate_problems(cfg.dataset)
+    # The test split: the problems `steproute evaluate` uses, so its small_only and large_only
+    # points reproduce these numbers. No testbed problem is ever trained on (train.py).
+    held_out = load_split(cfg.dataset, "test")
     if problems > len(held_out):
-        raise _fail(f"asked for {problems} problems, the testbed config generates {len(held_out)}")
+        raise _fail(f"asked for {problems} problems, the test split holds {len(held_out)}")
     held_out = held_out[:problems]
     small, large = cfg.models[0], cfg.models[-1]
-    reports = {m.name: run_model(cfg, m, held_out) for m in (small, large)}
+    reports = asyncio.run(measure(cfg, held_out))
     ratio = large.cost.parameters / small.cost.parameters if large.cost.parameters else float("nan")
 
     def mark(ok: bool) -> str:
@@ -230,6 +232,77 @@ def testbed_report(
     if write_card:
         models_dir = Path(small.path).parent
         console.print(f"wrote {write_model_card(models_dir, reports, ratio)}")
+
+
+@app.command("evaluate")
+def evaluate_command(
+    config: Annotated[Path, typer.Option("--config", "-c")] = Path("configs/testbed.yaml"),
+    rule: Annotated[
+        list[str] | None, typer.Option("--rule", "-r", help="Rule(s) to run (default: config's).")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(help="Evaluate the first N problems only.")] = None,
+    output: Annotated[Path | None, typer.Option(help="Output folder.")] = None,
+    local: Annotated[
+        bool, typer.Option("--local", help="Engines in this process instead of Ray actors.")
+    ] = False,
+    no_mlflow: Annotated[bool, typer.Option("--no-mlflow", help="Skip MLflow logging.")] = False,
+) -> None:
+    """Run routing rules over a split: accuracy–cost curves, metrics, report, plots, MLflow."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from pipeline.evaluation import TESTBED_LABEL, evaluate
+    from pipeline.rules import RULES
+
+    overrides: dict = {}
+    if limit:
+        overrides["limit"] = limit
+    if local:
+        overrides["use_ray"] = False
+    try:
+        cfg = load_config(config, {"evaluation": overrides} if overrides else None)
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+    unknown = [r for r in (rule or cfg.evaluation.rules) if r not in RULES]
+    if unknown:
+        raise _fail(f"unknown rule(s) {unknown}; known: {sorted(RULES)}")
+    label = TESTBED_LABEL if cfg.dataset.name == "testbed" else cfg.dataset.name
+    console.print(f"[bold]evaluate[/] {cfg.name} — {label}")
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as bar:
+        tasks: dict[str, int] = {}
+
+        def progress(name: str, done: int, total: int) -> None:
+            if name not in tasks:
+                tasks[name] = bar.add_task(name, total=total)
+            bar.update(tasks[name], completed=done)
+
+        try:
+            result = evaluate(
+                cfg, rules=rule, output_dir=output, progress=progress, track=not no_mlflow
+            )
+        except (DataError, ValueError) as exc:
+            raise _fail(str(exc)) from None
+    table = Table(title=f"Curve metrics — {label}")
+    for column in ("rule", "AUC", "APGR", "CPT50", "CPT95", "cost@large", "best acc"):
+        table.add_column(column, justify="left" if column == "rule" else "right")
+    for s in result.summary.to_dict("records"):
+        table.add_row(
+            s["rule"],
+            *(f"{s.get(k, float('nan')):.3f}" for k in ("auc", "apgr", "cpt50", "cpt95")),
+            f"{s['cost_at_large_accuracy']:.3f}",
+            f"{s['best_accuracy']:.3f}",
+        )
+    console.print(table)
+    hit = result.cache_stats.get("cache/hit_rate", 0.0)
+    console.print(
+        f"{result.results.problem_id.nunique()} problems in {result.wall_seconds:.1f} s, "
+        f"step-cache hit rate {hit:.1%}; report: {result.output_dir / 'report.md'}"
+    )
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ __all__ = [
     "ConfigError",
     "CostConfig",
     "DatasetConfig",
+    "EvaluationConfig",
     "ExperimentConfig",
     "ModelConfig",
     "ResourcesConfig",
@@ -192,6 +193,41 @@ class CalibrationConfig(_Frozen):
         return value
 
 
+class EvaluationConfig(_Frozen):
+    """`steproute evaluate`: which rules, over which split, at which operating points."""
+
+    rules: tuple[str, ...] = (
+        "small_only",
+        "large_only",
+        "random",
+        "confidence_threshold",
+        "large_likelihood",
+        "policy",
+    )
+    split: Literal["train", "calibration", "test"] = "test"
+    limit: int | None = Field(None, ge=1, description="Evaluate only the first N problems.")
+    escalation_targets: tuple[float, ...] = Field(
+        (0.1, 0.2, 0.35, 0.5, 0.7),
+        description="Thresholds of each thresholded rule are set where this fraction of the "
+        "small-only trajectory's drafts would escalate; 0 % and 100 % are always added.",
+    )
+    concurrency: int = Field(64, ge=1, description="Problems in flight at once.")
+    policy: str | None = Field(
+        None, description="RouterPolicy folder for the `policy` rule; unset = hand-set linear."
+    )
+    use_ray: bool = Field(True, description="Engines as Ray actors (False: in this process).")
+    cache_dir: str | None = Field(
+        None, description="Step cache folder; default <output_dir>/step_cache."
+    )
+
+    @field_validator("escalation_targets")
+    @classmethod
+    def _fractions(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if any(not 0 < v < 1 for v in value):
+            raise ValueError(f"escalation targets must lie strictly between 0 and 1 (got {value})")
+        return tuple(sorted(value))
+
+
 class TrackingConfig(_Frozen):
     mlflow_uri: str | None = Field(
         None, description="MLflow tracking URI; default sqlite:///<output_dir>/mlruns.db."
@@ -206,6 +242,7 @@ class ExperimentConfig(_Frozen):
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     output_dir: str = "runs/default"
 

@@ -1,0 +1,125 @@
+"""The evaluation harness end to end on the testbed (real engines, real MLflow on SQLite)."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from pipeline.cli import app
+from pipeline.config import parse_config
+from pipeline.evaluation import evaluate
+
+RULES = [
+    "small_only",
+    "large_only",
+    "confidence_threshold",
+    "large_likelihood",
+    "random",
+    "policy",
+    "prm_threshold",
+]
+
+
+@pytest.fixture(scope="module")
+def small_eval_cfg(testbed_cfg, tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval")
+    raw = testbed_cfg.model_dump(mode="json")
+    raw["output_dir"] = str(out)
+    raw["evaluation"] |= {"limit": 12, "escalation_targets": [0.3], "rules": RULES}
+    return parse_config(raw)
+
+
+@pytest.fixture(scope="module")
+def two_runs(small_eval_cfg, testbed_engines):
+    first = evaluate(small_eval_cfg, engines=testbed_engines)
+    second = evaluate(small_eval_cfg, engines=testbed_engines)
+    return first, second
+
+
+def test_rerun_hits_the_step_cache_and_reproduces_every_result(two_runs) -> None:
+    first, second = two_runs
+    assert second.cache_stats["cache/hit_rate"] >= 0.95
+    columns = ["rule", "threshold", "problem_id", "correct", "cost", "trace"]
+    pd.testing.assert_frame_equal(first.results[columns], second.results[columns])
+    report = (second.output_dir / "report.md").read_text()
+    assert "TESTBED" in report and "| yes |" in report  # both runs listed, results identical
+
+
+def test_thresholded_curves_run_from_small_only_to_the_large_models_trajectory(two_runs) -> None:
+    points = two_runs[0].points
+    small = points[points.rule == "small_only"].iloc[0]
+    large = points[points.rule == "large_only"].iloc[0]
+    for rule in ("confidence_threshold", "random", "policy"):
+        curve = points[points.rule == rule]
+        never, always = (
+            curve[curve.threshold == math.inf].iloc[0],
+            curve[curve.threshold == 0].iloc[0],
+        )
+        assert never.accuracy == small.accuracy and never.cost == pytest.approx(small.cost)
+        assert always.accuracy == large.accuracy and always.escalation_rate == 1.0
+        assert always.cost > large.cost  # the drafts were paid for too
+
+
+def test_outputs_are_written_and_prm_is_reported_as_not_run(two_runs) -> None:
+    result = two_runs[0]
+    folder = result.output_dir
+    for name in (
+        "report.md",
+        "results.parquet",
+        "points.csv",
+        "accuracy_cost.png",
+        "escalation_by_step.png",
+    ):
+        assert (folder / name).stat().st_size > 0, name
+    assert "prm_threshold" in result.skipped
+    assert "prm_threshold" in (folder / "report.md").read_text()
+    table = pd.read_parquet(folder / "results.parquet")
+    assert (
+        set(table.problem_id) == set(result.results.problem_id) and len(set(table.problem_id)) == 12
+    )
+
+
+def test_metrics_reach_mlflow(two_runs, small_eval_cfg) -> None:
+    import mlflow
+
+    mlflow.set_tracking_uri(small_eval_cfg.mlflow_uri)
+    runs = mlflow.search_runs(experiment_names=[small_eval_cfg.tracking.experiment])
+    assert len(runs) == 2
+    assert runs["metrics.eval/confidence_threshold/auc"].notna().all()
+
+
+def test_cli_evaluate_smoke(small_eval_cfg, testbed_engines, tmp_path) -> None:
+    config = tmp_path / "cfg.yaml"
+    import yaml
+
+    raw = small_eval_cfg.model_dump(mode="json")
+    raw["evaluation"]["limit"] = 4
+    config.write_text(yaml.safe_dump(raw))
+    result = CliRunner().invoke(
+        app,
+        [
+            "evaluate",
+            "-c",
+            str(config),
+            "-r",
+            "small_only",
+            "-r",
+            "large_only",
+            "-r",
+            "confidence_threshold",
+            "--output",
+            str(tmp_path / "out"),
+            "--no-mlflow",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "TESTBED" in result.output and (tmp_path / "out" / "report.md").exists()
+
+
+def test_cli_evaluate_rejects_an_unknown_rule(tmp_path) -> None:
+    result = CliRunner().invoke(app, ["evaluate", "-r", "bogus"])
+    assert result.exit_code == 2
+    assert "unknown rule" in result.output and "confidence_threshold" in result.output
