@@ -1,7 +1,7 @@
 """Measure the testbed's routing signal on real vLLM: accuracy per model and step-error AUROC.
 
 Each model solves held-out problems alone, one step at a time (greedy, `stop=["\\n\\n"]`,
-logprobs on), exactly as the router will drive it. Every generated step is graded against the
+logprobs on), through the same controller the router uses (rules `small_only`, `large_only`). Every generated step is graded against the
 problem's operations (`grade_step`), which gives step-level labels; the AUROC of "minus the mean
 token logprob of the step" for "this step is wrong" says how much of the small model's error is
 visible in its own confidence. All numbers are TESTBED numbers.
@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from pipeline.config import ExperimentConfig, ModelConfig
+from pipeline.config import ExperimentConfig
+from pipeline.controller import Controller, ReasoningState
 from pipeline.data import Problem
-from pipeline.grading import grade
-from pipeline.testbed.tokenizer import PROMPT_FORMAT
+from pipeline.rules import make_rule
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ModelReport", "auroc", "grade_step", "parse_question", "run_model", "stepwise_solve"]
+__all__ = ["ModelReport", "auroc", "grade_step", "measure", "parse_question"]
 
 _START = re.compile(r"has (\d+) \w+, then ")
 _OPERATION = re.compile(r"([+\-*/])(\d+)")
@@ -87,62 +87,6 @@ def auroc(scores: list[float], labels: list[bool]) -> float:
 
 
 @dataclass
-class Trajectory:
-    problem: Problem
-    steps: list[str] = field(default_factory=list)
-    step_mean_logprobs: list[float] = field(default_factory=list)
-    token_ids: list[int] = field(default_factory=list)
-    done: bool = False
-
-
-def _engine(model: ModelConfig):
-    from pipeline.engines.vllm_engine import configure_cpu_environment, engine_kwargs
-
-    configure_cpu_environment()
-    from vllm import LLM  # lazy: only code that generates imports vLLM
-
-    return LLM(**engine_kwargs(model))
-
-
-def stepwise_solve(
-    llm, problems: list[Problem], max_steps: int, max_step_tokens: int
-) -> list[Trajectory]:
-    """Solve every problem with one model, one batched vLLM call per step."""
-    from vllm import SamplingParams
-
-    tokenizer = llm.get_tokenizer()
-    params = SamplingParams(
-        temperature=0.0,
-        max_tokens=max_step_tokens,
-        stop=["\n\n"],
-        include_stop_str_in_output=True,
-        logprobs=1,
-    )
-    trajectories = [
-        Trajectory(p, token_ids=tokenizer.encode(PROMPT_FORMAT.format(question=p.question)))
-        for p in problems
-    ]
-    for _ in range(max_steps):
-        active = [t for t in trajectories if not t.done]
-        if not active:
-            break
-        outputs = llm.generate(
-            [{"prompt_token_ids": t.token_ids} for t in active], params, use_tqdm=False
-        )
-        for trajectory, output in zip(active, outputs, strict=True):
-            completion = output.outputs[0]
-            ids = list(completion.token_ids)
-            chosen = [lp[tid].logprob for tid, lp in zip(ids, completion.logprobs, strict=True)]
-            trajectory.token_ids.extend(ids)  # token ids, never re-tokenized text
-            trajectory.steps.append(completion.text)
-            trajectory.step_mean_logprobs.append(sum(chosen) / max(1, len(chosen)))
-            # A step that did not end on the separator ended the solution (eos or the token cap).
-            if completion.stop_reason != "\n\n" or "The answer is" in completion.text:
-                trajectory.done = True
-    return trajectories
-
-
-@dataclass
 class ModelReport:
     name: str
     problems: int
@@ -152,25 +96,41 @@ class ModelReport:
     steps: int
 
 
-def run_model(cfg: ExperimentConfig, model: ModelConfig, problems: list[Problem]) -> ModelReport:
-    llm = _engine(model)
-    try:
-        trajectories = stepwise_solve(
-            llm, problems, cfg.routing.max_steps, model.sampling.max_step_tokens
-        )
-    finally:
-        del llm
+def _model_report(name: str, states: list[ReasoningState], controller: Controller) -> ModelReport:
     correct, scores, wrong = 0, [], []
-    for t in trajectories:
-        correct += grade("".join(t.steps), t.problem.gold_answer, "testbed").correct
-        for index, step in enumerate(t.steps):
-            wrong.append(not grade_step(t.problem.question, t.steps[:index], step))
-            scores.append(-t.step_mean_logprobs[index])
+    for state in states:
+        correct += controller.is_correct(state)
+        texts = [step.text for step in state.steps]
+        for index, step in enumerate(state.steps):
+            wrong.append(not grade_step(state.problem.question, texts[:index], step.text))
+            scores.append(-step.mean_logprob)
     return ModelReport(
-        name=model.name,
-        problems=len(problems),
-        accuracy=correct / len(problems),
+        name=name,
+        problems=len(states),
+        accuracy=correct / len(states),
         step_accuracy=1 - sum(wrong) / len(wrong),
         step_error_auroc=auroc(scores, wrong),
         steps=len(wrong),
     )
+
+
+async def measure(
+    cfg: ExperimentConfig, problems: list[Problem], engines: dict | None = None
+) -> dict[str, ModelReport]:
+    """Each end of the ladder solves `problems` alone, through the shared controller
+    (`small_only` and `large_only`), so these are the numbers the evaluation harness reproduces.
+    Engines are started in this process unless given."""
+    from pipeline.engines.launch import shutdown_engines, start_engines
+
+    own = engines is None
+    engines = engines or start_engines(cfg.models, use_ray=False)
+    try:
+        controller = Controller(cfg, engines)
+        reports = {}
+        for rule, model in (("small_only", cfg.models[0]), ("large_only", cfg.models[-1])):
+            states = await controller.run(problems, make_rule(rule), concurrency=256)
+            reports[model.name] = _model_report(model.name, states, controller)
+        return reports
+    finally:
+        if own:
+            await shutdown_engines(engines)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from pathlib import Path
 
@@ -10,9 +11,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from pipeline.cli import AUROC_BAND, LARGE_ACCURACY_MIN, SMALL_ACCURACY_BAND
-from pipeline.config import load_config
 from pipeline.testbed.card import sha256_of
-from pipeline.testbed.report import run_model
+from pipeline.testbed.report import measure
 from pipeline.testbed.tasks import generate_problems
 from pipeline.testbed.tokenizer import PROMPT_FORMAT
 
@@ -21,21 +21,11 @@ MODELS = REPO / "pipeline" / "testbed" / "models"
 
 
 @pytest.fixture(scope="module")
-def testbed_cfg():
-    return load_config(REPO / "configs" / "testbed.yaml")
-
-
-@pytest.fixture(scope="module")
-def reports(testbed_cfg):
+def reports(testbed_cfg, testbed_engines):
     problems = generate_problems(testbed_cfg.dataset)[:50]
-    return {m.name: run_model(testbed_cfg, m, problems) for m in testbed_cfg.models}
+    return asyncio.run(measure(testbed_cfg, problems, testbed_engines))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known miss, issue 3 open: the committed small model scores 76 % (band 40-75 %); "
-    "see pipeline/testbed/models/MODEL_CARD.md",
-)
 def test_small_model_accuracy_is_in_band_on_real_vllm(reports) -> None:
     low, high = SMALL_ACCURACY_BAND
     assert low <= reports["small"].accuracy <= high, reports["small"]
