@@ -171,7 +171,9 @@ def testbed_train(
 @testbed_app.command("report")
 def testbed_report(
     config: Annotated[Path, typer.Option("--config", "-c")] = Path("configs/testbed.yaml"),
-    problems: Annotated[int, typer.Option(help="Held-out problems to solve per model.")] = 1000,
+    problems: Annotated[
+        int | None, typer.Option(help="Solve only the first N test-split problems (default: all).")
+    ] = None,
     write_card: Annotated[
         bool, typer.Option(help="Rewrite MODEL_CARD.md with these numbers.")
     ] = False,
@@ -189,7 +191,7 @@ def testbed_report(
     # The test split: the problems `steproute evaluate` uses, so its small_only and large_only
     # points reproduce these numbers. No testbed problem is ever trained on (train.py).
     held_out = load_split(cfg.dataset, "test")
-    if problems > len(held_out):
+    if problems is not None and problems > len(held_out):
         raise _fail(f"asked for {problems} problems, the test split holds {len(held_out)}")
     held_out = held_out[:problems]
     small, large = cfg.models[0], cfg.models[-1]
@@ -201,7 +203,7 @@ def testbed_report(
 
     s, g = reports[small.name], reports[large.name]
     table = Table(
-        title=f"TESTBED routing signal ({problems} held-out synthetic problems, greedy vLLM)"
+        title=f"TESTBED routing signal ({len(held_out)} held-out synthetic problems, greedy vLLM)"
     )
     for column in ("measure", "value", "target", ""):
         table.add_column(column)
@@ -303,6 +305,83 @@ def evaluate_command(
         f"{result.results.problem_id.nunique()} problems in {result.wall_seconds:.1f} s, "
         f"step-cache hit rate {hit:.1%}; report: {result.output_dir / 'report.md'}"
     )
+
+
+@app.command("train")
+def train_command(
+    config: Annotated[Path, typer.Option("--config", "-c")] = Path("configs/testbed.yaml"),
+    resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint.")] = False,
+    iterations: Annotated[int | None, typer.Option(help="Override training.iterations.")] = None,
+    no_mlflow: Annotated[bool, typer.Option("--no-mlflow", help="Skip MLflow logging.")] = False,
+) -> None:
+    """Train the routing policy with RLlib PPO; export it to <output_dir>/policy."""
+    import time
+
+    try:
+        cfg = load_config(config)
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+    from rllib_env.train import train
+
+    started = time.perf_counter()
+
+    def show(iteration: int, metrics: dict) -> None:
+        keys = (
+            "rollout/accuracy",
+            "rollout/cost_normalized",
+            "rollout/escalation_rate",
+            "train/cost_weight",
+        )
+        shown = ", ".join(f"{k.split('/')[1]} {metrics[k]:.3f}" for k in keys if k in metrics)
+        console.print(f"iteration {iteration}: {shown} ({time.perf_counter() - started:.0f} s)")
+
+    policy = train(
+        cfg, resume=resume, iterations=iterations, on_iteration=show, track=not no_mlflow
+    )
+    console.print(f"trained in {(time.perf_counter() - started) / 60:.1f} min; policy: {policy}")
+
+
+@app.command("calibrate")
+def calibrate_command(
+    config: Annotated[Path, typer.Option("--config", "-c")] = Path("configs/testbed.yaml"),
+    policy: Annotated[
+        Path | None, typer.Option(help="Policy folder (default <output_dir>/policy).")
+    ] = None,
+    method: Annotated[str | None, typer.Option(help="quantile or ltt (default: config's).")] = None,
+) -> None:
+    """Choose the policy's threshold κ per budget / accuracy target on the calibration split."""
+    from pipeline.calibration import calibrate_policy
+
+    try:
+        cfg = load_config(config, {"calibration": {"method": method}} if method else None)
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+    policy = policy or Path(cfg.output_dir) / "policy"
+    if not (policy / "policy.json").exists():
+        raise _fail(f"no policy in {policy}; fix: run `steproute train --config {config}` first")
+    points = calibrate_policy(cfg, policy)
+    label = "TESTBED" if cfg.dataset.name == "testbed" else cfg.dataset.name
+    table = Table(title=f"Operating points ({cfg.calibration.method}, calibration split) — {label}")
+    for column in (
+        "name",
+        "kappa",
+        "cost (norm.)",
+        "cost interval",
+        "accuracy",
+        "accuracy interval",
+    ):
+        table.add_column(column)
+    for p in points:
+        table.add_row(
+            p.name,
+            f"{p.kappa:.4g}",
+            f"{p.expected_cost:.3f}",
+            f"[{p.cost_interval[0]:.3f}, {p.cost_interval[1]:.3f}]",
+            f"{p.expected_accuracy:.3f}",
+            f"[{p.accuracy_interval[0]:.3f}, {p.accuracy_interval[1]:.3f}]",
+        )
+    console.print(table)
+    console.print(f"saved to {policy / 'operating_points.json'}")
 
 
 if __name__ == "__main__":

@@ -159,6 +159,9 @@ class RoutingConfig(_Frozen):
     )
     cost_model: Literal["flops", "price", "tokens"] = "flops"
     step_separator: str = "\n\n"
+    draft_embedding_dim: int = Field(
+        0, ge=0, le=256, description="Append a hashed text embedding of the draft (0 = off)."
+    )
 
 
 class TrainingConfig(_Frozen):
@@ -184,6 +187,14 @@ class CalibrationConfig(_Frozen):
     budgets: tuple[float, ...] = (0.2, 0.3, 0.5, 0.7)
     method: Literal["quantile", "ltt"] = "quantile"
     delta: float = Field(0.1, gt=0, lt=1, description="Failure probability for Learn-then-Test.")
+    accuracy_targets: tuple[float, ...] = Field(
+        (0.99,), description="Accuracy targets as fractions of large-only accuracy."
+    )
+    grid_targets: tuple[float, ...] = Field(
+        (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.85),
+        description="κ grid: where these fractions of the policy's first-pass drafts escalate.",
+    )
+    limit: int | None = Field(None, ge=1, description="Use only the first N calibration problems.")
 
     @field_validator("budgets")
     @classmethod
@@ -207,7 +218,7 @@ class EvaluationConfig(_Frozen):
     split: Literal["train", "calibration", "test"] = "test"
     limit: int | None = Field(None, ge=1, description="Evaluate only the first N problems.")
     escalation_targets: tuple[float, ...] = Field(
-        (0.1, 0.2, 0.35, 0.5, 0.7),
+        (0.1, 0.2, 0.35, 0.5, 0.7, 0.85, 0.95),
         description="Thresholds of each thresholded rule are set where this fraction of the "
         "small-only trajectory's drafts would escalate; 0 % and 100 % are always added.",
     )

@@ -34,7 +34,7 @@ from pipeline.config import ExperimentConfig, ModelConfig
 from pipeline.cost import step_cost
 from pipeline.data import Problem
 from pipeline.engines.types import StepEngine, StepRequest, StepResult
-from pipeline.features import TrajectoryStats, draft_stats, feature_vector
+from pipeline.features import TrajectoryStats, draft_stats, feature_vector, text_embedding
 from pipeline.grading import extract_answer, grade
 from pipeline.prompts import prompt_token_ids
 
@@ -87,7 +87,7 @@ class ReasoningState:
 class Observation:
     """What a routing rule sees for a batch of drafts."""
 
-    features: np.ndarray  # (batch, NUM_FEATURES), FEATURE_NAMES order
+    features: np.ndarray  # (batch, NUM_FEATURES [+ draft_embedding_dim]), FEATURE_NAMES order
     problem_ids: tuple[str, ...]
     step_indices: tuple[int, ...]
     verifier_mean_logprob: np.ndarray | None = None  # the large model's score of each draft
@@ -206,7 +206,10 @@ class Controller:
                 min_draft_prob_so_far=state.min_draft_prob,
                 prev_escalated=bool(state.steps) and state.steps[-1].escalated,
             )
-            rows.append(feature_vector(stats, trajectory))
+            rows.append(
+                feature_vector(stats, trajectory)
+                + text_embedding(draft.text, self.cfg.routing.draft_embedding_dim)
+            )
         return Observation(
             features=np.asarray(rows, dtype=np.float32).reshape(len(rows), -1),
             problem_ids=tuple(s.problem.id for s in states),

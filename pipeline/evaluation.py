@@ -30,6 +30,7 @@ import pandas as pd
 
 from pipeline import metrics
 from pipeline.cache import StepCache
+from pipeline.calibration import load_operating_points
 from pipeline.config import ExperimentConfig
 from pipeline.controller import Controller, ReasoningState
 from pipeline.data import Problem, load_split
@@ -125,19 +126,32 @@ async def evaluate_with(
         rows.extend(_rows(rule, threshold, states, controller))
         return states
 
+    policy_dir = _policy_dir(cfg)
     for name in dict.fromkeys(["small_only", "large_only", *rules]):
         if name in SKIPPED_RULES and name in rules:
             skipped[name] = SKIPPED_RULES[name]
             continue
-        params = {"policy": ev.policy} if name == "policy" and ev.policy else {}
+        params = {"policy": str(policy_dir)} if name == "policy" and policy_dir else {}
         rule = make_rule(name, **params)
         if not isinstance(rule, ThresholdRule):
             await run(rule, math.nan)
             continue
         probe = await run(rule.with_threshold(NEVER), NEVER)
-        for threshold in _thresholds(probe, ev.escalation_targets):
+        thresholds = set(_thresholds(probe, ev.escalation_targets))
+        if name == "policy" and policy_dir:  # the calibrated operating points, too
+            thresholds |= {p.kappa for p in load_operating_points(policy_dir)}
+        for threshold in sorted(thresholds, reverse=True):
             await run(rule.with_threshold(threshold), threshold)
     return pd.DataFrame(rows), skipped
+
+
+def _policy_dir(cfg: ExperimentConfig) -> Path | None:
+    """The `policy` rule's network: `evaluation.policy`, else a trained one in the output
+    folder (`steproute train` exports it there), else None (the hand-set linear policy)."""
+    if cfg.evaluation.policy:
+        return Path(cfg.evaluation.policy)
+    trained = Path(cfg.output_dir) / "policy"
+    return trained if (trained / "policy.json").exists() else None
 
 
 # ---------------------------------------------------------------------------- metrics
@@ -259,6 +273,19 @@ def _report(cfg: ExperimentConfig, result: EvaluationResult, runs: list[dict], l
             f"{fmt(s.get('cpt80'))} | {fmt(s.get('cpt95'))} | {fmt(s['cost_at_large_accuracy'])} "
             f"| {fmt(s['best_accuracy'])} |"
         )
+    policy_dir = _policy_dir(cfg)
+    lines += [
+        "",
+        "`policy`: "
+        + (
+            f"the trained RouterPolicy in `{policy_dir}`"
+            if policy_dir
+            else "the hand-set linear RouterPolicy (no trained policy found)"
+        )
+        + ". `large_only` makes no drafts; every other rule pays for each draft. "
+        "`large_likelihood` asks the large model for prompt logprobs of each draft, which vLLM "
+        "computes without its prefix cache: each verification pays for the whole context.",
+    ]
     if result.skipped:
         lines += ["", "## Not run", ""]
         lines += [f"- `{name}`: {why}." for name, why in result.skipped.items()]

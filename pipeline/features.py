@@ -9,6 +9,7 @@ problem so far.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ __all__ = [
     "TrajectoryStats",
     "draft_stats",
     "feature_vector",
+    "text_embedding",
 ]
 
 FEATURE_NAMES: tuple[str, ...] = (
@@ -113,3 +115,20 @@ def feature_vector(draft: DraftStats, trajectory: TrajectoryStats) -> list[float
         float(t.prev_escalated),
     ]
     return [min(1.0, max(0.0, v)) for v in values]
+
+
+def text_embedding(text: str, dim: int) -> list[float]:
+    """A small embedding of the draft text, appended after the features when
+    `routing.draft_embedding_dim` > 0: signed hashing of character trigrams, L2-normalized, then
+    mapped to [0, 1] by (x + 1) / 2. Needs no model download; the same text always gives the
+    same vector."""
+    if dim <= 0:
+        return []
+    vector = [0.0] * dim
+    padded = f"  {text} "
+    for i in range(len(padded) - 2):
+        digest = hashlib.blake2b(padded[i : i + 3].encode(), digest_size=8).digest()
+        bucket = int.from_bytes(digest[:4], "little") % dim
+        vector[bucket] += 1.0 if digest[4] & 1 else -1.0
+    norm = math.sqrt(sum(v * v for v in vector)) or 1.0
+    return [(v / norm + 1.0) / 2.0 for v in vector]

@@ -102,3 +102,17 @@ def test_large_likelihood_scores_drafts_with_the_large_model(controller, problem
     scores = [s.score for st in states for s in st.steps]
     assert all(0.0 <= x <= 1.0 for x in scores)
     assert len(set(scores)) > 1  # real, draft-dependent scores
+
+
+def test_draft_embedding_flag_widens_the_observation(
+    testbed_cfg, testbed_engines, problems
+) -> None:
+    from pipeline.config import parse_config
+    from pipeline.features import NUM_FEATURES
+
+    raw = testbed_cfg.model_dump(mode="json")
+    raw["routing"]["draft_embedding_dim"] = 8
+    controller = Controller(parse_config(raw), testbed_engines)
+    states = [controller.start(p) for p in problems[:3]]
+    drafts = asyncio.run(controller.draft(states))
+    assert controller.observe(states, drafts).features.shape == (3, NUM_FEATURES + 8)

@@ -43,3 +43,20 @@ def test_confident_draft_scores_higher_than_unsure_one() -> None:
 def test_final_answer_flag() -> None:
     assert draft_stats([-0.1], [[-0.1]], "The answer is 4.", 32).has_final_answer == 1.0
     assert draft_stats([-0.1], [[-0.1]], "2+2=4", 32).has_final_answer == 0.0
+
+
+@settings(max_examples=100, deadline=None)
+@given(text=st.text(max_size=60), dim=st.integers(1, 64))
+def test_draft_text_embedding_is_deterministic_and_in_unit_interval(text, dim) -> None:
+    from pipeline.features import text_embedding
+
+    vector = text_embedding(text, dim)
+    assert len(vector) == dim and vector == text_embedding(text, dim)
+    assert all(0.0 <= v <= 1.0 for v in vector)
+
+
+def test_draft_text_embedding_separates_different_steps() -> None:
+    from pipeline.features import text_embedding
+
+    assert text_embedding("47+38=85\n\n", 16) != text_embedding("The answer is 12.", 16)
+    assert text_embedding("anything", 0) == []

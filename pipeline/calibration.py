@@ -1,0 +1,233 @@
+"""Threshold calibration: pick the policy's threshold κ to meet a cost budget or an accuracy target.
+
+Input: for each candidate κ, the per-problem normalized cost and correctness measured on the
+calibration split (running the controller with `PolicyRule(κ)`; the step cache makes the grid
+cheap). Escalating more (lower κ) costs more, so the cheapest operating point that meets an
+accuracy target is the largest κ that meets it, and the most accurate one within a budget is
+the smallest κ whose cost stays under it.
+
+- `quantile` method: the empirical means must meet the target on the calibration split.
+- `ltt` method (Learn-then-Test, Angelopoulos et al. 2021): each κ is a hypothesis test
+  "risk(κ) > target" with a valid p-value — Hoeffding for mean cost (per-problem cost bounded in
+  [0, cost_max]), an exact binomial (Clopper–Pearson) bound for the error rate — tested in a
+  fixed sequence from the safest κ toward riskier ones, stopping at the first κ not rejected.
+  With probability ≥ 1 − δ, every selected κ meets its target in expectation on new problems,
+  *assuming* calibration and deployment problems are exchangeable (i.i.d. from one
+  distribution) and per-problem costs do not exceed `cost_max`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+
+__all__ = [
+    "GridPoint",
+    "OperatingPoint",
+    "binomial_upper_bound",
+    "calibrate_accuracy",
+    "calibrate_budget",
+    "hoeffding_upper_bound",
+    "load_operating_points",
+    "save_operating_points",
+]
+
+
+@dataclass(frozen=True)
+class GridPoint:
+    """Per-problem outcomes of the policy at one threshold on the calibration split."""
+
+    kappa: float
+    cost: np.ndarray  # normalized cost per problem
+    correct: np.ndarray  # 0/1 per problem
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    name: str  # e.g. "budget-0.3" or "accuracy-0.99"
+    kappa: float
+    method: str
+    expected_cost: float
+    cost_interval: tuple[float, float]
+    expected_accuracy: float
+    accuracy_interval: tuple[float, float]
+    problems: int
+
+
+def hoeffding_upper_bound(values: np.ndarray, delta: float, upper: float) -> float:
+    """1 − δ upper confidence bound on the mean of i.i.d. values in [0, upper]."""
+    n = len(values)
+    return float(np.mean(values) + upper * math.sqrt(math.log(1 / delta) / (2 * n)))
+
+
+def binomial_upper_bound(failures: int, n: int, delta: float) -> float:
+    """Exact (Clopper–Pearson) 1 − δ upper bound on a failure rate."""
+    if failures >= n:
+        return 1.0
+    return float(stats.beta.ppf(1 - delta, failures + 1, n - failures))
+
+
+def _interval(values: np.ndarray, delta: float, upper: float) -> tuple[float, float]:
+    half = upper * math.sqrt(math.log(2 / delta) / (2 * len(values)))
+    mean = float(np.mean(values))
+    return (max(0.0, mean - half), mean + half)
+
+
+def _accuracy_interval(correct: np.ndarray, delta: float) -> tuple[float, float]:
+    k, n = int(correct.sum()), len(correct)
+    low = float(stats.beta.ppf(delta / 2, k, n - k + 1)) if k > 0 else 0.0
+    high = float(stats.beta.ppf(1 - delta / 2, k + 1, n - k)) if k < n else 1.0
+    return (low, high)
+
+
+def _point(name: str, g: GridPoint, method: str, delta: float, cost_max: float) -> OperatingPoint:
+    return OperatingPoint(
+        name=name,
+        kappa=g.kappa,
+        method=method,
+        expected_cost=float(np.mean(g.cost)),
+        cost_interval=_interval(g.cost, delta, cost_max),
+        expected_accuracy=float(np.mean(g.correct)),
+        accuracy_interval=_accuracy_interval(g.correct, delta),
+        problems=len(g.cost),
+    )
+
+
+def calibrate_budget(
+    grid: Sequence[GridPoint],
+    budget: float,
+    method: str = "quantile",
+    delta: float = 0.1,
+    cost_max: float | None = None,
+) -> OperatingPoint | None:
+    """The smallest κ (most escalation, most accuracy) whose cost stays ≤ `budget`.
+
+    Fixed sequence: κ from high (cheap) to low; the first κ that fails stops the search, so
+    the LTT guarantee holds without a multiple-testing correction. None if even the cheapest
+    κ fails.
+    """
+    ordered = sorted(grid, key=lambda g: -g.kappa)
+    bound = cost_max if cost_max is not None else max(float(np.max(g.cost)) for g in grid)
+    chosen = None
+    for g in ordered:
+        if method == "ltt":
+            ok = hoeffding_upper_bound(g.cost, delta, bound) <= budget
+        else:
+            ok = float(np.mean(g.cost)) <= budget
+        if not ok:
+            break
+        chosen = g
+    return None if chosen is None else _point(f"budget-{budget:g}", chosen, method, delta, bound)
+
+
+def calibrate_accuracy(
+    grid: Sequence[GridPoint],
+    target_accuracy: float,
+    method: str = "quantile",
+    delta: float = 0.1,
+    cost_max: float | None = None,
+) -> OperatingPoint | None:
+    """The largest κ (cheapest) whose accuracy stays ≥ `target_accuracy`.
+
+    Fixed sequence: κ from low (escalate most, most accurate) to high.
+    """
+    ordered = sorted(grid, key=lambda g: g.kappa)
+    bound = cost_max if cost_max is not None else max(float(np.max(g.cost)) for g in grid)
+    chosen = None
+    for g in ordered:
+        n, failures = len(g.correct), int(len(g.correct) - g.correct.sum())
+        if method == "ltt":
+            ok = binomial_upper_bound(failures, n, delta) <= 1 - target_accuracy
+        else:
+            ok = float(np.mean(g.correct)) >= target_accuracy
+        if not ok:
+            break
+        chosen = g
+    if chosen is None:
+        return None
+    return _point(f"accuracy-{target_accuracy:.3g}", chosen, method, delta, bound)
+
+
+def save_operating_points(points: Sequence[OperatingPoint], folder: str | Path) -> Path:
+    path = Path(folder) / "operating_points.json"
+    path.write_text(json.dumps([asdict(p) for p in points], indent=2))
+    return path
+
+
+def load_operating_points(folder: str | Path) -> list[OperatingPoint]:
+    path = Path(folder) / "operating_points.json"
+    if not path.exists():
+        return []
+    return [
+        OperatingPoint(
+            **{
+                **p,
+                "cost_interval": tuple(p["cost_interval"]),
+                "accuracy_interval": tuple(p["accuracy_interval"]),
+            }
+        )
+        for p in json.loads(path.read_text())
+    ]
+
+
+# ---------------------------------------------------------------------------- on the engines
+
+
+def calibrate_policy(
+    cfg, policy_dir: str | Path, engines: dict | None = None
+) -> list[OperatingPoint]:
+    """Run the policy over a κ grid on the calibration split, pick one operating point per
+    budget in `calibration.budgets` and per accuracy target in `calibration.accuracy_targets`
+    (fractions of large-only accuracy), save them beside the policy."""
+    import asyncio
+
+    from pipeline.cache import CachedEngine, StepCache
+    from pipeline.controller import Controller
+    from pipeline.data import load_split
+    from pipeline.engines.launch import shutdown_engines, start_engines
+    from pipeline.evaluation import evaluate_with
+
+    cal = cfg.calibration
+    run_cfg = cfg.model_copy(
+        update={
+            "evaluation": cfg.evaluation.model_copy(
+                update={"policy": str(policy_dir), "escalation_targets": cal.grid_targets}
+            )
+        }
+    )
+    problems = load_split(cfg.dataset, "calibration")[: cal.limit]
+    cache = StepCache(Path(cfg.output_dir) / "step_cache")
+
+    async def main():
+        own = engines is None
+        live = engines or start_engines(cfg.models, use_ray=cfg.evaluation.use_ray)
+        live = {name: CachedEngine(e, cache) for name, e in live.items()}
+        try:
+            rows, _ = await evaluate_with(run_cfg, Controller(cfg, live), problems, ["policy"])
+            return rows
+        finally:
+            cache.flush()
+            if own:
+                await shutdown_engines(live)
+
+    rows = asyncio.run(main())
+    large = rows[rows.rule == "large_only"]
+    large_cost, large_accuracy = float(large.cost.mean()), float(large.correct.mean())
+    grid = [
+        GridPoint(float(kappa), group.cost.to_numpy() / large_cost, group.correct.to_numpy(float))
+        for kappa, group in rows[rows.rule == "policy"].groupby("threshold")
+    ]
+    points = [calibrate_budget(grid, b, cal.method, cal.delta) for b in cal.budgets]
+    points += [
+        calibrate_accuracy(grid, t * large_accuracy, cal.method, cal.delta)
+        for t in cal.accuracy_targets
+    ]
+    chosen = [p for p in points if p is not None]
+    save_operating_points(chosen, policy_dir)
+    return chosen

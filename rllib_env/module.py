@@ -1,0 +1,41 @@
+"""`RouterRLModule`: the RLlib module around the same `RouterPolicy` network inference uses.
+
+The policy head is a `pipeline.policy.RouterPolicy` (an MLP on the feature vector → logits,
+action 0 = keep the draft); a separate value MLP serves PPO's critic (`ValueFunctionAPI`).
+Exporting is `module.policy.save(folder)`: no conversion between training and serving.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from ray.rllib.core.columns import Columns
+from ray.rllib.core.rl_module.apis import ValueFunctionAPI
+from ray.rllib.core.rl_module.torch import TorchRLModule
+from torch import nn
+
+from pipeline.policy import RouterPolicy
+
+__all__ = ["RouterRLModule"]
+
+
+class RouterRLModule(TorchRLModule, ValueFunctionAPI):
+    """`model_config`: {"hidden_sizes": [64, 64]}."""
+
+    def setup(self) -> None:
+        hidden = tuple(self.model_config.get("hidden_sizes", (64, 64)))
+        num_features = int(self.observation_space.shape[0])
+        self.policy = RouterPolicy(hidden, int(self.action_space.n), num_features)
+        layers: list[nn.Module] = []
+        width = num_features
+        for size in hidden:
+            layers += [nn.Linear(width, size), nn.Tanh()]
+            width = size
+        self.value_net = nn.Sequential(*layers, nn.Linear(width, 1))
+
+    def _forward(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
+        return {Columns.ACTION_DIST_INPUTS: self.policy(batch[Columns.OBS].float())}
+
+    def compute_values(self, batch: dict[str, Any], embeddings: Any = None) -> torch.Tensor:
+        return self.value_net(batch[Columns.OBS].float()).squeeze(-1)

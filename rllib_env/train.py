@@ -1,0 +1,209 @@
+"""Train the routing policy with RLlib PPO (new API stack) under a cost constraint.
+
+One module ("router") is shared by every agent (problem). Per iteration: PPO samples env steps
+from `StepRoutingEnv`, updates the module, and `LagrangianCallback` reads the finished problems'
+accuracy, normalized cost and escalation rate from the envs; with `training.dual_ascent` it
+moves λ toward the budget (λ ← max(0, λ + dual_lr · (cost − budget))) and hands it to every env.
+Everything is logged to MLflow; checkpoints every `training.checkpoint_every` iterations
+(`--resume` continues from the last one); the trained `RouterPolicy` is exported to
+`<output_dir>/policy` and logged as an MLflow artifact.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from ray.rllib.algorithms.ppo import PPOConfig
+from ray.rllib.callbacks.callbacks import RLlibCallback
+from ray.rllib.core.rl_module.multi_rl_module import MultiRLModuleSpec
+from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+
+from pipeline.config import ExperimentConfig
+from rllib_env.env import StepRoutingEnv, env_config
+from rllib_env.module import RouterRLModule
+
+log = logging.getLogger(__name__)
+
+__all__ = ["LagrangianCallback", "build_ppo_config", "dual_update", "train"]
+
+MODULE_ID = "router"
+
+
+def dual_update(cost_weight: float, measured_cost: float, budget: float, lr: float) -> float:
+    """One dual-ascent step on λ: up when over budget, down (not below 0) when under."""
+    return max(0.0, cost_weight + lr * (measured_cost - budget))
+
+
+def _envs(runner):
+    env = getattr(runner, "env", None)
+    return [e.unwrapped for e in getattr(env, "envs", [])] if env is not None else []
+
+
+class LagrangianCallback(RLlibCallback):
+    """Collects per-problem stats from the envs after each iteration; updates λ if asked."""
+
+    def on_train_result(self, *, algorithm, metrics_logger=None, result, **kwargs) -> None:
+        group = algorithm.env_runner_group
+        per_runner = group.foreach_env_runner(
+            lambda runner: [s for env in _envs(runner) for s in env.pop_stats()],
+            local_env_runner=True,
+        )
+        stats = [s for runner_stats in per_runner for s in runner_stats]
+        training = algorithm.config.env_config["training"]
+        cost_weight = algorithm.config.env_config.get("_cost_weight", training["cost_weight"])
+        summary = {"rollout/problems": float(len(stats)), "train/cost_weight": cost_weight}
+        if stats:
+            for key in ("correct", "cost_normalized", "escalation_rate", "steps"):
+                summary[f"rollout/{key}"] = sum(s[key] for s in stats) / len(stats)
+            summary["rollout/accuracy"] = summary.pop("rollout/correct")
+            budget = training.get("budget")
+            if training["dual_ascent"] and budget is not None:
+                new = dual_update(
+                    cost_weight, summary["rollout/cost_normalized"], budget, training["dual_lr"]
+                )
+                group.foreach_env_runner(
+                    lambda runner: [env.set_cost_weight(new) for env in _envs(runner)],
+                    local_env_runner=True,
+                )
+                algorithm.config.env_config["_cost_weight"] = new
+                summary["train/cost_weight_next"] = new
+        result["steproute"] = summary
+
+
+def build_ppo_config(cfg: ExperimentConfig, env_extra: dict | None = None) -> PPOConfig:
+    t = cfg.training
+    extra = {
+        "training": {
+            "cost_weight": t.cost_weight,
+            "dual_ascent": t.dual_ascent,
+            "dual_lr": t.dual_lr,
+            "budget": cfg.routing.budget,
+        },
+        **(env_extra or {}),
+    }
+    config = (
+        PPOConfig()
+        .environment(StepRoutingEnv, env_config=env_config(cfg, **extra))
+        .multi_agent(
+            policies={MODULE_ID},
+            policy_mapping_fn=lambda agent_id, episode, **kwargs: MODULE_ID,
+        )
+        .rl_module(
+            rl_module_spec=MultiRLModuleSpec(
+                rl_module_specs={
+                    MODULE_ID: RLModuleSpec(
+                        module_class=RouterRLModule,
+                        model_config={"hidden_sizes": list(t.hidden_sizes)},
+                    )
+                }
+            )
+        )
+        .env_runners(
+            num_env_runners=t.num_env_runners,
+            num_envs_per_env_runner=t.num_envs_per_env_runner,
+            sample_timeout_s=t.sample_timeout_s,
+        )
+        .training(
+            lr=t.lr,
+            gamma=t.gamma,
+            train_batch_size_per_learner=t.train_batch_size,
+            minibatch_size=t.minibatch_size,
+            num_epochs=t.num_epochs,
+        )
+        .callbacks(LagrangianCallback)
+        .debugging(seed=t.seed)
+    )
+    return config
+
+
+def _last_checkpoint(folder: Path) -> Path | None:
+    checkpoints = sorted(folder.glob("iter_*"))
+    return checkpoints[-1] if checkpoints else None
+
+
+def train(
+    cfg: ExperimentConfig,
+    *,
+    resume: bool = False,
+    iterations: int | None = None,
+    output_dir: Path | None = None,
+    env_extra: dict | None = None,
+    on_iteration: Callable[[int, dict], None] | None = None,
+    track: bool = True,
+) -> Path:
+    """Train, checkpoint, export; returns the exported policy folder."""
+    import ray
+
+    out = Path(output_dir or cfg.output_dir)
+    checkpoints = out / "train" / "checkpoints"
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    if not ray.is_initialized():
+        ray.init()
+    config = build_ppo_config(cfg, env_extra)
+    start_iteration = 0
+    last = _last_checkpoint(checkpoints) if resume else None
+    if resume and last is None:
+        log.warning("--resume: no checkpoint under %s; starting fresh", checkpoints)
+    if last is not None:
+        state = json.loads((last / "steproute.json").read_text())
+        start_iteration = state["iteration"]
+        config.env_config["_cost_weight"] = state["cost_weight"]
+        config.env_config["cost_weight"] = state["cost_weight"]
+    algo = config.build_algo()
+    if last is not None:
+        algo.restore_from_path(str(last))
+        log.info("resumed from %s (iteration %d)", last, start_iteration)
+    total = iterations or cfg.training.iterations
+
+    run_context = None
+    if track:
+        from pipeline.tracking import mlflow_run
+
+        run_context = mlflow_run(cfg, f"train-{cfg.name}", tags={"kind": "training"})
+        run_context.__enter__()
+    try:
+        import mlflow
+
+        for iteration in range(start_iteration + 1, total + 1):
+            started = time.perf_counter()
+            result = algo.train()
+            seconds = time.perf_counter() - started
+            metrics = dict(result.get("steproute", {}))
+            runners = result.get("env_runners", {})
+            env_steps = runners.get("num_env_steps_sampled", math.nan)
+            metrics |= {
+                "train/iteration_seconds": seconds,
+                "rollout/env_steps_per_s": env_steps / seconds if seconds else math.nan,
+                "rollout/episode_return_mean": runners.get("episode_return_mean", math.nan),
+            }
+            metrics = {
+                k: float(v)
+                for k, v in metrics.items()
+                if v is not None and not math.isnan(float(v))
+            }
+            log.info("iteration %d: %s", iteration, {k: round(v, 4) for k, v in metrics.items()})
+            if track:
+                mlflow.log_metrics(metrics, step=iteration)
+            if on_iteration is not None:
+                on_iteration(iteration, metrics)
+            if iteration % cfg.training.checkpoint_every == 0 or iteration == total:
+                path = checkpoints / f"iter_{iteration:05d}"
+                algo.save_to_path(str(path))
+                cost_weight = config.env_config.get("_cost_weight", cfg.training.cost_weight)
+                cost_weight = algo.config.env_config.get("_cost_weight", cost_weight)
+                (path / "steproute.json").write_text(
+                    json.dumps({"iteration": iteration, "cost_weight": cost_weight})
+                )
+        policy_dir = algo.get_module(MODULE_ID).policy.save(out / "policy")
+        if track:
+            mlflow.log_artifacts(str(policy_dir), artifact_path="policy")
+        return policy_dir
+    finally:
+        algo.stop()
+        if run_context is not None:
+            run_context.__exit__(None, None, None)

@@ -1,0 +1,70 @@
+"""PPO training of the router: export round trip and resume after a crash (tiny budgets)."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from pipeline.config import parse_config
+from pipeline.features import NUM_FEATURES
+from pipeline.policy import RouterPolicy
+from rllib_env.module import RouterRLModule
+from rllib_env.train import train
+
+
+def test_exported_policy_gives_the_modules_action_probabilities(tmp_path) -> None:
+    space = gym.spaces.Box(0.0, 1.0, (NUM_FEATURES,), np.float32)
+    module = RouterRLModule(
+        observation_space=space,
+        action_space=gym.spaces.Discrete(2),
+        model_config={"hidden_sizes": [16, 16]},
+    )
+    obs = torch.rand(32, NUM_FEATURES)
+    logits = module.forward_inference({"obs": obs})["action_dist_inputs"]
+    loaded = RouterPolicy.load(module.policy.save(tmp_path / "policy"))
+    expected = 1 - torch.softmax(logits, -1)[:, 0]
+    torch.testing.assert_close(loaded.escalation_probability(obs), expected.detach())
+
+
+@pytest.fixture
+def tiny_training_cfg(testbed_cfg, tmp_path):
+    raw = testbed_cfg.model_dump(mode="json")
+    raw["output_dir"] = str(tmp_path)
+    raw["training"] |= {
+        "iterations": 3,
+        "train_batch_size": 48,
+        "minibatch_size": 24,
+        "num_epochs": 1,
+        "concurrency": 8,
+        "checkpoint_every": 1,
+        "hidden_sizes": [16, 16],
+    }
+    return parse_config(raw)
+
+
+def test_training_resumes_from_the_last_checkpoint_after_a_crash(
+    tiny_training_cfg, testbed_engines, tmp_path
+) -> None:
+    class Crash(RuntimeError):
+        pass
+
+    def crash_after_first(iteration: int, metrics: dict) -> None:
+        if iteration == 2:
+            raise Crash
+
+    with pytest.raises(Crash):
+        train(tiny_training_cfg, on_iteration=crash_after_first, track=False)
+    checkpoints = sorted((tmp_path / "train" / "checkpoints").glob("iter_*"))
+    assert [c.name for c in checkpoints] == ["iter_00001"]  # iteration 2 died before saving
+
+    seen: list[int] = []
+    policy_dir = train(
+        tiny_training_cfg, resume=True, on_iteration=lambda i, m: seen.append(i), track=True
+    )
+    assert seen == [2, 3]
+    assert (policy_dir / "policy.json").exists()
+    assert RouterPolicy.load(policy_dir).escalation_probability(
+        np.full((1, NUM_FEATURES), 0.5)
+    ).shape == (1,)

@@ -1,0 +1,102 @@
+"""Threshold calibration on synthetic scores: the guarantees and the orderings it promises."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline.calibration import (
+    GridPoint,
+    binomial_upper_bound,
+    calibrate_accuracy,
+    calibrate_budget,
+    hoeffding_upper_bound,
+    load_operating_points,
+    save_operating_points,
+)
+
+KAPPAS = np.linspace(0.05, 0.95, 19)
+
+
+def true_cost(kappa: float) -> float:  # lower κ escalates more: costs more
+    return 1.0 - 0.9 * kappa
+
+
+def true_accuracy(kappa: float) -> float:
+    return 0.95 - 0.4 * kappa
+
+
+def synthetic_grid(rng: np.random.Generator, n: int) -> list[GridPoint]:
+    grid = []
+    for kappa in KAPPAS:
+        mean = true_cost(kappa)
+        cost = rng.beta(4 * mean, 4 * (1 - mean) + 1e-9, size=n) * 1.0  # in [0, 1], mean ≈ mean
+        correct = (rng.random(n) < true_accuracy(kappa)).astype(float)
+        grid.append(GridPoint(float(kappa), cost, correct))
+    return grid
+
+
+def test_ltt_budget_point_holds_on_held_out_data_with_probability_1_minus_delta() -> None:
+    delta, budget, failures, quantile_failures = 0.1, 0.5, 0, 0
+    for seed in range(200):
+        grid = synthetic_grid(np.random.default_rng(seed), 300)
+        ltt = calibrate_budget(grid, budget, "ltt", delta, cost_max=1.0)
+        plain = calibrate_budget(grid, budget, "quantile")
+        failures += ltt is not None and true_cost(ltt.kappa) > budget
+        quantile_failures += plain is not None and true_cost(plain.kappa) > budget
+    assert failures / 200 <= delta
+    assert quantile_failures > failures  # the empirical choice alone gives no such guarantee
+
+
+def test_ltt_accuracy_point_holds_with_probability_1_minus_delta() -> None:
+    delta, target, failures = 0.1, 0.8, 0
+    for seed in range(200):
+        grid = synthetic_grid(np.random.default_rng(1000 + seed), 300)
+        point = calibrate_accuracy(grid, target, "ltt", delta)
+        failures += point is not None and true_accuracy(point.kappa) < target
+    assert failures / 200 <= delta
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 10_000), budgets=st.lists(st.floats(0.1, 1.0), min_size=2, max_size=4))
+def test_a_larger_budget_never_picks_a_cheaper_threshold(seed, budgets) -> None:
+    grid = synthetic_grid(np.random.default_rng(seed), 100)
+    kappas = []
+    for budget in sorted(budgets):
+        point = calibrate_budget(grid, budget)
+        kappas.append(np.inf if point is None else point.kappa)
+        if point is not None:
+            assert point.expected_cost <= budget
+    assert all(a >= b for a, b in zip(kappas, kappas[1:], strict=False))
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 10_000), target=st.floats(0.5, 0.95))
+def test_accuracy_point_meets_its_target_on_the_calibration_data(seed, target) -> None:
+    grid = synthetic_grid(np.random.default_rng(seed), 100)
+    point = calibrate_accuracy(grid, target)
+    if point is not None:
+        assert point.expected_accuracy >= target
+        low, high = point.accuracy_interval
+        assert low <= point.expected_accuracy <= high
+
+
+def test_bounds_are_upper_bounds() -> None:
+    values = np.full(100, 0.3)
+    assert hoeffding_upper_bound(values, 0.1, 1.0) > 0.3
+    assert 0.05 < binomial_upper_bound(5, 100, 0.1) < 0.12
+    assert binomial_upper_bound(100, 100, 0.1) == 1.0
+
+
+def test_operating_points_round_trip(tmp_path) -> None:
+    grid = synthetic_grid(np.random.default_rng(0), 50)
+    points = [calibrate_budget(grid, 0.6), calibrate_accuracy(grid, 0.7, "ltt")]
+    save_operating_points(points, tmp_path)
+    assert load_operating_points(tmp_path) == points
+    assert load_operating_points(tmp_path / "missing") == []
+
+
+def test_budget_below_every_threshold_gives_no_point() -> None:
+    grid = synthetic_grid(np.random.default_rng(0), 50)
+    assert calibrate_budget(grid, 0.01) is None
