@@ -36,6 +36,11 @@ demo: setup
 		--config configs/math500_qwen25math.yaml \
 		--config configs/omnimath_qwen25math.yaml
 	$(BIN)/steproute testbed report --config configs/testbed.yaml --problems 200
+	@# The routing pipeline on the CPU testbed: train the policy (RLlib PPO), calibrate its
+	@# threshold, evaluate it beside the baselines (report: runs/testbed/evaluation/report.md).
+	$(BIN)/steproute train --config configs/testbed.yaml
+	$(BIN)/steproute calibrate --config configs/testbed.yaml
+	$(BIN)/steproute evaluate --config configs/testbed.yaml
 
 test: setup
 	$(BIN)/ruff check .

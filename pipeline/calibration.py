@@ -132,6 +132,7 @@ def calibrate_accuracy(
     method: str = "quantile",
     delta: float = 0.1,
     cost_max: float | None = None,
+    name: str | None = None,
 ) -> OperatingPoint | None:
     """The largest κ (cheapest) whose accuracy stays ≥ `target_accuracy`.
 
@@ -151,7 +152,7 @@ def calibrate_accuracy(
         chosen = g
     if chosen is None:
         return None
-    return _point(f"accuracy-{target_accuracy:.3g}", chosen, method, delta, bound)
+    return _point(name or f"accuracy-{target_accuracy:.3g}", chosen, method, delta, bound)
 
 
 def save_operating_points(points: Sequence[OperatingPoint], folder: str | Path) -> Path:
@@ -225,7 +226,9 @@ def calibrate_policy(
     ]
     points = [calibrate_budget(grid, b, cal.method, cal.delta) for b in cal.budgets]
     points += [
-        calibrate_accuracy(grid, t * large_accuracy, cal.method, cal.delta)
+        calibrate_accuracy(
+            grid, t * large_accuracy, cal.method, cal.delta, name=f"accuracy-{t:g}xlarge"
+        )
         for t in cal.accuracy_targets
     ]
     chosen = [p for p in points if p is not None]

@@ -175,6 +175,10 @@ class TrainingConfig(_Frozen):
     cost_weight: float = Field(0.0, ge=0, description="Fixed λ in reward = correct − λ·cost.")
     dual_ascent: bool = Field(False, description="Update λ toward routing.budget every iteration.")
     dual_lr: float = Field(0.5, gt=0)
+    entropy_coeff: float = Field(0.0, ge=0, description="PPO entropy bonus.")
+    initial_escalation: float = Field(
+        0.5, gt=0, lt=1, description="p(escalate) of the untrained policy."
+    )
     num_env_runners: int = Field(0, ge=0)
     num_envs_per_env_runner: int = Field(1, ge=1)
     concurrency: int = Field(32, ge=1, description="Problems in flight per env.")

@@ -274,6 +274,35 @@ def _report(cfg: ExperimentConfig, result: EvaluationResult, runs: list[dict], l
             f"| {fmt(s['best_accuracy'])} |"
         )
     policy_dir = _policy_dir(cfg)
+    calibrated = load_operating_points(policy_dir) if policy_dir else []
+    if calibrated:
+        policy_points = result.points[result.points.rule == "policy"]
+        lines += [
+            "",
+            "## Calibrated operating points on this split",
+            "",
+            "Chosen by `steproute calibrate` on the calibration split; measured here on held-out "
+            "problems. A budget point holds when its cost here stays within its budget.",
+            "",
+            "| point | method | κ | calibration cost | calibration accuracy | cost here | "
+            "accuracy here | target met here |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",
+        ]
+        acc_large = float(result.points.loc[result.points.rule == "large_only", "accuracy"].iloc[0])
+        for p in calibrated:
+            here = policy_points[np.isclose(policy_points.threshold, p.kappa)]
+            if here.empty:
+                continue
+            cost, acc = float(here.cost_normalized.iloc[0]), float(here.accuracy.iloc[0])
+            kind, value = p.name.split("-", 1)
+            if kind == "budget":
+                met = cost <= float(value)
+            else:  # "accuracy-<fraction>xlarge": a fraction of large-only accuracy
+                met = acc >= float(value.removesuffix("xlarge")) * acc_large
+            lines.append(
+                f"| {p.name} | {p.method} | {p.kappa:.4g} | {p.expected_cost:.3f} | "
+                f"{p.expected_accuracy:.3f} | {cost:.3f} | {acc:.3f} | {'yes' if met else 'NO'} |"
+            )
     lines += [
         "",
         "`policy`: "

@@ -7,6 +7,7 @@ Exporting is `module.policy.save(folder)`: no conversion between training and se
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -21,12 +22,20 @@ __all__ = ["RouterRLModule"]
 
 
 class RouterRLModule(TorchRLModule, ValueFunctionAPI):
-    """`model_config`: {"hidden_sizes": [64, 64]}."""
+    """`model_config`: {"hidden_sizes": [64, 64], "initial_escalation": 0.5}."""
 
     def setup(self) -> None:
         hidden = tuple(self.model_config.get("hidden_sizes", (64, 64)))
         num_features = int(self.observation_space.shape[0])
         self.policy = RouterPolicy(hidden, int(self.action_space.n), num_features)
+        # Start by keeping most drafts (p(escalate) ≈ initial_escalation): a policy that
+        # escalates half the steps starts far over any budget, and the cost gradient then
+        # drowns the slower signal of which escalations fix answers.
+        p = float(self.model_config.get("initial_escalation", 0.5))
+        with torch.no_grad():
+            self.policy.head.weight.mul_(0.01)
+            self.policy.head.bias.zero_()
+            self.policy.head.bias[1:] = math.log(p / (1 - p)) - math.log(self.action_space.n - 1)
         layers: list[nn.Module] = []
         width = num_features
         for size in hidden:

@@ -92,13 +92,19 @@ def build_ppo_config(cfg: ExperimentConfig, env_extra: dict | None = None) -> PP
         .multi_agent(
             policies={MODULE_ID},
             policy_mapping_fn=lambda agent_id, episode, **kwargs: MODULE_ID,
+            # Batch sizes count routing decisions (agent steps), not env steps: one env step
+            # carries up to `concurrency` decisions.
+            count_steps_by="agent_steps",
         )
         .rl_module(
             rl_module_spec=MultiRLModuleSpec(
                 rl_module_specs={
                     MODULE_ID: RLModuleSpec(
                         module_class=RouterRLModule,
-                        model_config={"hidden_sizes": list(t.hidden_sizes)},
+                        model_config={
+                            "hidden_sizes": list(t.hidden_sizes),
+                            "initial_escalation": t.initial_escalation,
+                        },
                     )
                 }
             )
@@ -114,6 +120,7 @@ def build_ppo_config(cfg: ExperimentConfig, env_extra: dict | None = None) -> PP
             train_batch_size_per_learner=t.train_batch_size,
             minibatch_size=t.minibatch_size,
             num_epochs=t.num_epochs,
+            entropy_coeff=t.entropy_coeff,
         )
         .callbacks(LagrangianCallback)
         .debugging(seed=t.seed)
@@ -156,7 +163,7 @@ def train(
         config.env_config["cost_weight"] = state["cost_weight"]
     algo = config.build_algo()
     if last is not None:
-        algo.restore_from_path(str(last))
+        algo.restore_from_path(str(last.resolve()))
         log.info("resumed from %s (iteration %d)", last, start_iteration)
     total = iterations or cfg.training.iterations
 
@@ -192,7 +199,7 @@ def train(
             if on_iteration is not None:
                 on_iteration(iteration, metrics)
             if iteration % cfg.training.checkpoint_every == 0 or iteration == total:
-                path = checkpoints / f"iter_{iteration:05d}"
+                path = (checkpoints / f"iter_{iteration:05d}").resolve()  # RLlib wants a URI
                 algo.save_to_path(str(path))
                 cost_weight = config.env_config.get("_cost_weight", cfg.training.cost_weight)
                 cost_weight = algo.config.env_config.get("_cost_weight", cost_weight)

@@ -8,9 +8,11 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from pipeline.calibration import OperatingPoint, save_operating_points
 from pipeline.cli import app
 from pipeline.config import parse_config
 from pipeline.evaluation import evaluate
+from pipeline.policy import RouterPolicy
 
 RULES = [
     "small_only",
@@ -29,6 +31,10 @@ def small_eval_cfg(testbed_cfg, tmp_path_factory):
     raw = testbed_cfg.model_dump(mode="json")
     raw["output_dir"] = str(out)
     raw["evaluation"] |= {"limit": 12, "escalation_targets": [0.3], "rules": RULES}
+    # A "trained" policy in the output folder, with one calibrated operating point.
+    policy_dir = RouterPolicy.hand_set().save(out / "policy")
+    point = OperatingPoint("budget-0.5", 0.05, "ltt", 0.4, (0.3, 0.5), 0.7, (0.6, 0.8), 100)
+    save_operating_points([point], policy_dir)
     return parse_config(raw)
 
 
@@ -123,3 +129,12 @@ def test_cli_evaluate_rejects_an_unknown_rule(tmp_path) -> None:
     result = CliRunner().invoke(app, ["evaluate", "-r", "bogus"])
     assert result.exit_code == 2
     assert "unknown rule" in result.output and "confidence_threshold" in result.output
+
+
+def test_policy_curve_includes_the_calibrated_points_checked_on_this_split(two_runs) -> None:
+    result = two_runs[0]
+    assert (result.points[result.points.rule == "policy"].threshold == 0.05).any()
+    report = (result.output_dir / "report.md").read_text()
+    assert "Calibrated operating points on this split" in report
+    assert "| budget-0.5 | ltt | 0.05 |" in report
+    assert "the trained RouterPolicy" in report
