@@ -99,6 +99,22 @@ def _point(name: str, g: GridPoint, method: str, delta: float, cost_max: float) 
     )
 
 
+def _fixed_sequence(ordered: Sequence[GridPoint], passes) -> GridPoint | None:
+    """Walk from the safest κ toward riskier ones; the last κ before the first failure.
+    Stopping at the first failure is what makes LTT valid without a multiple-testing
+    correction."""
+    chosen = None
+    for g in ordered:
+        if not passes(g):
+            break
+        chosen = g
+    return chosen
+
+
+def _cost_bound(grid: Sequence[GridPoint], cost_max: float | None) -> float:
+    return cost_max if cost_max is not None else max(float(np.max(g.cost)) for g in grid)
+
+
 def calibrate_budget(
     grid: Sequence[GridPoint],
     budget: float,
@@ -112,17 +128,14 @@ def calibrate_budget(
     the LTT guarantee holds without a multiple-testing correction. None if even the cheapest
     κ fails.
     """
-    ordered = sorted(grid, key=lambda g: -g.kappa)
-    bound = cost_max if cost_max is not None else max(float(np.max(g.cost)) for g in grid)
-    chosen = None
-    for g in ordered:
+    bound = _cost_bound(grid, cost_max)
+
+    def passes(g: GridPoint) -> bool:
         if method == "ltt":
-            ok = hoeffding_upper_bound(g.cost, delta, bound) <= budget
-        else:
-            ok = float(np.mean(g.cost)) <= budget
-        if not ok:
-            break
-        chosen = g
+            return hoeffding_upper_bound(g.cost, delta, bound) <= budget
+        return float(np.mean(g.cost)) <= budget
+
+    chosen = _fixed_sequence(sorted(grid, key=lambda g: -g.kappa), passes)
     return None if chosen is None else _point(f"budget-{budget:g}", chosen, method, delta, bound)
 
 
@@ -138,18 +151,15 @@ def calibrate_accuracy(
 
     Fixed sequence: κ from low (escalate most, most accurate) to high.
     """
-    ordered = sorted(grid, key=lambda g: g.kappa)
-    bound = cost_max if cost_max is not None else max(float(np.max(g.cost)) for g in grid)
-    chosen = None
-    for g in ordered:
-        n, failures = len(g.correct), int(len(g.correct) - g.correct.sum())
+    bound = _cost_bound(grid, cost_max)
+
+    def passes(g: GridPoint) -> bool:
         if method == "ltt":
-            ok = binomial_upper_bound(failures, n, delta) <= 1 - target_accuracy
-        else:
-            ok = float(np.mean(g.correct)) >= target_accuracy
-        if not ok:
-            break
-        chosen = g
+            failures = int(len(g.correct) - g.correct.sum())
+            return binomial_upper_bound(failures, len(g.correct), delta) <= 1 - target_accuracy
+        return float(np.mean(g.correct)) >= target_accuracy
+
+    chosen = _fixed_sequence(sorted(grid, key=lambda g: g.kappa), passes)
     if chosen is None:
         return None
     return _point(name or f"accuracy-{target_accuracy:.3g}", chosen, method, delta, bound)

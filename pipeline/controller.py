@@ -21,7 +21,6 @@ output).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import time
@@ -288,11 +287,11 @@ class Controller:
         if getattr(rule, "needs_verifier", False):
             verifier = await self.verify(states, drafts, self.large)
             obs = Observation(obs.features, obs.problem_ids, obs.step_indices, verifier)
-        actions = np.asarray(rule.decide(obs), dtype=np.int64)
+        actions, scores = rule.decide_with_scores(obs)
+        actions = np.asarray(actions, dtype=np.int64)
         if getattr(rule, "num_actions", 2) != len(self.models):
             # A keep-or-escalate rule on a longer ladder escalates to the largest model.
             actions = np.where(actions > 0, len(self.models) - 1, 0)
-        scores = rule.scores(obs) if hasattr(rule, "scores") else None
         steps: list[tuple[StepResult, str]] = [(d, self.small) for d in drafts]
         for level in range(1, len(self.models)):
             chosen = [i for i, a in enumerate(actions) if a == level]
@@ -339,9 +338,6 @@ class Controller:
                 progress(finished, len(states))
         log.info("solved %d problems in %.1f s", len(states), time.perf_counter() - started)
         return states
-
-    def run_sync(self, problems: Sequence[Problem], rule, **kwargs) -> list[ReasoningState]:
-        return asyncio.run(self.run(problems, rule, **kwargs))
 
     # ------------------------------------------------------------------ grading
 

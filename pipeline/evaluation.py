@@ -206,14 +206,14 @@ def _plots(points: pd.DataFrame, results: pd.DataFrame, folder: Path, label: str
         group = group.sort_values("cost_normalized")
         style = "o" if len(group) == 1 else "o-"
         ax.plot(group.cost_normalized, group.accuracy, style, label=rule, markersize=4)
-    ax.set_xlabel("cost / large-only cost")
-    ax.set_ylabel("accuracy")
-    ax.set_title(f"Accuracy vs cost — {label}", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(folder / "accuracy_cost.png", dpi=120)
-    plt.close(fig)
+    _finish(
+        fig,
+        ax,
+        "cost / large-only cost",
+        "accuracy",
+        f"Accuracy vs cost — {label}",
+        folder / "accuracy_cost.png",
+    )
 
     fig, ax = plt.subplots(figsize=(7, 4))
     routed = results[~results.rule.isin(["small_only", "large_only"])]
@@ -226,13 +226,26 @@ def _plots(points: pd.DataFrame, results: pd.DataFrame, folder: Path, label: str
             escalated[list(marked)] += 1
         rate = np.divide(escalated, total, out=np.zeros(width), where=total > 0)
         ax.plot(np.arange(width), rate, "o-", label=rule, markersize=3)
-    ax.set_xlabel("step index")
-    ax.set_ylabel("escalation rate (all operating points)")
-    ax.set_title(f"Escalation by step — {label}", fontsize=9)
+    _finish(
+        fig,
+        ax,
+        "step index",
+        "escalation rate (all operating points)",
+        f"Escalation by step — {label}",
+        folder / "escalation_by_step.png",
+    )
+
+
+def _finish(fig, ax, xlabel: str, ylabel: str, title: str, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(folder / "escalation_by_step.png", dpi=120)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
 
 

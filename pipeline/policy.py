@@ -18,7 +18,16 @@ from torch import nn
 
 from pipeline.features import FEATURE_NAMES, NUM_FEATURES
 
-__all__ = ["RouterPolicy"]
+__all__ = ["RouterPolicy", "mlp_body"]
+
+
+def mlp_body(width: int, hidden_sizes: tuple[int, ...]) -> tuple[nn.Sequential, int]:
+    """Linear + tanh layers of the given sizes; returns the stack and its output width."""
+    layers: list[nn.Module] = []
+    for size in hidden_sizes:
+        layers += [nn.Linear(width, size), nn.Tanh()]
+        width = size
+    return nn.Sequential(*layers), width
 
 
 class RouterPolicy(nn.Module):
@@ -32,12 +41,7 @@ class RouterPolicy(nn.Module):
         self.hidden_sizes = tuple(hidden_sizes)
         self.num_actions = num_actions
         self.num_features = num_features
-        layers: list[nn.Module] = []
-        width = num_features
-        for size in self.hidden_sizes:
-            layers += [nn.Linear(width, size), nn.Tanh()]
-            width = size
-        self.body = nn.Sequential(*layers)
+        self.body, width = mlp_body(num_features, self.hidden_sizes)
         self.head = nn.Linear(width, num_actions)  # logits: action 0 = keep the draft
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:

@@ -63,6 +63,10 @@ class RoutingRule:
     def decide(self, obs: Observation) -> np.ndarray:
         raise NotImplementedError
 
+    def decide_with_scores(self, obs: Observation) -> tuple[np.ndarray, np.ndarray | None]:
+        """Actions, and the escalation scores behind them when the rule has scores."""
+        return self.decide(obs), None
+
     def describe(self) -> str:
         return self.name
 
@@ -91,8 +95,12 @@ class ThresholdRule(RoutingRule):
         raise NotImplementedError
 
     def decide(self, obs: Observation) -> np.ndarray:
-        escalate = self.scores(obs) >= self.threshold
-        return np.where(escalate, self.num_actions - 1, 0).astype(np.int64)
+        return self.decide_with_scores(obs)[0]
+
+    def decide_with_scores(self, obs: Observation) -> tuple[np.ndarray, np.ndarray]:
+        scores = self.scores(obs)
+        actions = np.where(scores >= self.threshold, self.num_actions - 1, 0).astype(np.int64)
+        return actions, scores
 
     def with_threshold(self, threshold: float) -> ThresholdRule:
         """The same rule at another operating point."""

@@ -16,7 +16,7 @@ from ray.rllib.core.rl_module.apis import ValueFunctionAPI
 from ray.rllib.core.rl_module.torch import TorchRLModule
 from torch import nn
 
-from pipeline.policy import RouterPolicy
+from pipeline.policy import RouterPolicy, mlp_body
 
 __all__ = ["RouterRLModule"]
 
@@ -36,12 +36,8 @@ class RouterRLModule(TorchRLModule, ValueFunctionAPI):
             self.policy.head.weight.mul_(0.01)
             self.policy.head.bias.zero_()
             self.policy.head.bias[1:] = math.log(p / (1 - p)) - math.log(self.action_space.n - 1)
-        layers: list[nn.Module] = []
-        width = num_features
-        for size in hidden:
-            layers += [nn.Linear(width, size), nn.Tanh()]
-            width = size
-        self.value_net = nn.Sequential(*layers, nn.Linear(width, 1))
+        body, width = mlp_body(num_features, hidden)
+        self.value_net = nn.Sequential(*body, nn.Linear(width, 1))
 
     def _forward(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
         return {Columns.ACTION_DIST_INPUTS: self.policy(batch[Columns.OBS].float())}

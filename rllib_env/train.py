@@ -201,8 +201,7 @@ def train(
             if iteration % cfg.training.checkpoint_every == 0 or iteration == total:
                 path = (checkpoints / f"iter_{iteration:05d}").resolve()  # RLlib wants a URI
                 algo.save_to_path(str(path))
-                cost_weight = config.env_config.get("_cost_weight", cfg.training.cost_weight)
-                cost_weight = algo.config.env_config.get("_cost_weight", cost_weight)
+                cost_weight = algo.config.env_config.get("_cost_weight", cfg.training.cost_weight)
                 (path / "steproute.json").write_text(
                     json.dumps({"iteration": iteration, "cost_weight": cost_weight})
                 )

@@ -26,14 +26,9 @@ class EngineActor:
     """Hosts one engine; every method is async so calls overlap inside the actor."""
 
     def __init__(self, model: ModelConfig) -> None:
-        if model.engine == "openai":
-            from pipeline.engines.openai_engine import OpenAIEngine
+        from pipeline.engines.launch import local_engine
 
-            self.engine = OpenAIEngine(model)
-        else:
-            from pipeline.engines.vllm_engine import VLLMEngine
-
-            self.engine = VLLMEngine(model)
+        self.engine = local_engine(model)
         self.model = model
 
     async def generate_batch(self, requests: list[StepRequest]) -> list[StepResult]:
