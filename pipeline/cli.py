@@ -386,3 +386,45 @@ def calibrate_command(
 
 if __name__ == "__main__":
     app()
+
+
+@app.command("serve")
+def serve_command(
+    config: Annotated[Path, typer.Option("--config", "-c")] = Path("configs/testbed.yaml"),
+    host: Annotated[str | None, typer.Option(help="Bind address (default: serve.host).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default: serve.port).")] = None,
+    policy: Annotated[
+        str | None, typer.Option(help="Policy folder or 'hand_set' (default: serve.policy).")
+    ] = None,
+) -> None:
+    """Serve the router behind an OpenAI-compatible endpoint (Ray Serve); Ctrl-C stops it."""
+    import ray
+    from ray import serve
+
+    from serve_app.app import build_app
+
+    overrides: dict = {}
+    for key, value in (("host", host), ("port", port), ("policy", policy)):
+        if value is not None:
+            overrides[key] = value
+    args = {"config": str(config), "overrides": {"serve": overrides}}
+    try:
+        cfg = load_config(config, args["overrides"])
+        application = build_app(args)
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+    if not ray.is_initialized():
+        ray.init()  # RAY_ADDRESS, when set, joins that cluster
+    serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
+    serve.run(application, name="steproute", route_prefix=cfg.serve.route_prefix)
+    base = f"http://{cfg.serve.host}:{cfg.serve.port}{cfg.serve.route_prefix.rstrip('/')}/v1"
+    console.print(
+        f"[bold]serving[/] {cfg.name} at {base} (models: GET {base}/models); Ctrl-C stops"
+    )
+    try:
+        import time
+
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        serve.shutdown()

@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 __all__ = [
+    "AuthConfig",
     "CalibrationConfig",
     "ConfigError",
     "CostConfig",
@@ -30,6 +31,7 @@ __all__ = [
     "ResourcesConfig",
     "RoutingConfig",
     "SamplingConfig",
+    "ServeConfig",
     "SplitFractions",
     "TrackingConfig",
     "TrainingConfig",
@@ -168,6 +170,9 @@ class TrainingConfig(_Frozen):
     iterations: int = Field(20, ge=1)
     lr: float = Field(3e-4, gt=0)
     gamma: float = Field(1.0, gt=0, le=1)
+    gae_lambda: float = Field(
+        1.0, ge=0, le=1, description="GAE λ: below 1 leans on the critic, which cuts variance."
+    )
     train_batch_size: int = Field(512, ge=1)
     minibatch_size: int = Field(128, ge=1)
     num_epochs: int = Field(4, ge=1)
@@ -243,6 +248,56 @@ class EvaluationConfig(_Frozen):
         return tuple(sorted(value))
 
 
+class AuthConfig(_Frozen):
+    """Bearer API keys for the Serve endpoint."""
+
+    mode: Literal["auto", "on", "off"] = Field(
+        "auto", description="auto: on unless the endpoint is bound to a loopback address."
+    )
+    api_keys_env: str = Field(
+        "STEPROUTE_API_KEYS", description="Environment variable with comma-separated keys."
+    )
+    api_keys: tuple[str, ...] = Field((), description="Keys in the config (prefer the env var).")
+
+
+class ServeConfig(_Frozen):
+    """`steproute serve` / `serve_app`: the router behind an OpenAI-compatible endpoint."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    route_prefix: str = "/"
+    policy: str | None = Field(
+        None,
+        description="RouterPolicy folder with operating_points.json; unset = <output_dir>/policy; "
+        "'hand_set' = the hand-set linear policy with one operating point at kappa 0.5.",
+    )
+    default_model: str | None = Field(
+        None, description="Model id that 'router' means; unset = the point for routing.budget."
+    )
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    max_request_bytes: int = Field(65536, ge=1024, description="Larger bodies get 413.")
+    max_prompt_tokens: int | None = Field(
+        None, ge=1, description="Longer prompts get 422; unset = half the small model's context."
+    )
+    max_tokens: int | None = Field(
+        None, ge=1, description="Largest max_tokens a request may ask; unset = routing's cap."
+    )
+    max_ongoing_requests: int = Field(
+        128, ge=1, description="Requests one router replica works on; more get 429."
+    )
+    request_timeout_s: float = Field(300.0, gt=0, description="An engine call slower fails 503.")
+    router_replicas: int = Field(1, ge=1)
+    router_num_cpus: float = Field(
+        0.0, ge=0, description="CPUs per router replica: it mostly awaits the engines."
+    )
+    autoscaling: dict[str, Any] | None = Field(
+        None, description="Ray Serve autoscaling_config for the router (replaces router_replicas)."
+    )
+    engine_replicas: int = Field(1, ge=1)
+    max_batch_size: int = Field(64, ge=1, description="Steps an engine replica batches at once.")
+    batch_wait_timeout_s: float = Field(0.005, ge=0)
+
+
 class TrackingConfig(_Frozen):
     mlflow_uri: str | None = Field(
         None, description="MLflow tracking URI; default sqlite:///<output_dir>/mlruns.db."
@@ -259,6 +314,7 @@ class ExperimentConfig(_Frozen):
     calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
     output_dir: str = "runs/default"
 
     @field_validator("models")

@@ -10,7 +10,7 @@ the whole vocabulary of routing:
     controller.advance(state, step, model)             # append the kept step to every context
 
 `run(problems, rule)` drives them for a routing rule; the RLlib environment calls the same
-primitives with the policy's actions, and the Serve router calls `run` for one request. Nothing
+primitives with the policy's actions, and the Serve router calls `solve` for one request. Nothing
 else implements the step loop.
 
 A kept step is appended to every model's context as token ids. Models that share a vocabulary
@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -71,6 +71,12 @@ class ReasoningState:
     stop_reason: str | None = None  # answer | eos | max_steps | max_tokens
     final_answer: str | None = None
     min_draft_prob: float = 1.0  # lowest draft mean probability seen so far
+    # Per model: cost paid and tokens generated, discarded drafts included.
+    cost_by_model: dict[str, float] = field(default_factory=dict)
+    tokens_by_model: dict[str, int] = field(default_factory=dict)
+    # A request's own cap on kept tokens (Serve's max_tokens); steps are clipped to fit it.
+    # None: routing.max_total_tokens, and steps are not clipped.
+    token_limit: int | None = None
     _step_start_cost: float = 0.0
 
     @property
@@ -131,9 +137,12 @@ class Controller:
 
     def _request(self, state: ReasoningState, model: str, score_tokens: int = 0) -> StepRequest:
         sampling = self.by_name[model].sampling
+        max_tokens = sampling.max_step_tokens
+        if state.token_limit is not None:
+            max_tokens = max(1, min(max_tokens, state.token_limit - self._generated(state)))
         return StepRequest(
             prompt_token_ids=tuple(state.contexts[model]),
-            max_tokens=sampling.max_step_tokens,
+            max_tokens=max_tokens,
             stop=(self.cfg.routing.step_separator,),
             n_logprobs=sampling.n_logprobs,
             temperature=sampling.temperature,
@@ -144,10 +153,15 @@ class Controller:
     async def _generate(self, states: Sequence[ReasoningState], model: str) -> list[StepResult]:
         requests = [self._request(s, model) for s in states]
         results = await self.engines[model].generate_batch(requests)
-        config = self.by_name[model]
         for state, result in zip(states, results, strict=True):
-            state.cost += step_cost(self.cfg.routing.cost_model, config, result)
+            self._pay(state, model, result)
         return results
+
+    def _pay(self, state: ReasoningState, model: str, result: StepResult) -> None:
+        cost = step_cost(self.cfg.routing.cost_model, self.by_name[model], result)
+        state.cost += cost
+        state.cost_by_model[model] = state.cost_by_model.get(model, 0.0) + cost
+        state.tokens_by_model[model] = state.tokens_by_model.get(model, 0) + len(result.token_ids)
 
     # ------------------------------------------------------------------ primitives
 
@@ -181,7 +195,7 @@ class Controller:
         results = await self.engines[model].generate_batch(requests)
         scores = np.zeros(len(states))
         for i, (state, result) in enumerate(zip(states, results, strict=True)):
-            state.cost += step_cost(self.cfg.routing.cost_model, self.by_name[model], result)
+            self._pay(state, model, result)
             finite = [lp for lp in result.prompt_logprobs if math.isfinite(lp)]
             scores[i] = sum(finite) / len(finite) if finite else 0.0
         return scores
@@ -250,7 +264,8 @@ class Controller:
 
     def _check_done(self, state: ReasoningState, step: StepResult, model: str) -> None:
         routing = self.cfg.routing
-        generated = len(state.contexts[self.small]) - state.prompt_lengths[self.small]
+        generated = self._generated(state)
+        limit = routing.max_total_tokens if state.token_limit is None else state.token_limit
         room = self.engines[model].max_model_len - len(state.contexts[model])
         if extract_answer(step.text, self.benchmark) is not None:
             state.stop_reason = "answer"
@@ -258,11 +273,15 @@ class Controller:
             state.stop_reason = "eos"
         elif len(state.steps) >= routing.max_steps:
             state.stop_reason = "max_steps"
-        elif generated >= routing.max_total_tokens or room <= 0 or not step.token_ids:
+        elif generated >= limit or room <= 0 or not step.token_ids:
             state.stop_reason = "max_tokens"
         if state.stop_reason is not None:
             state.done = True
             state.final_answer = extract_answer(state.solution, self.benchmark)
+
+    def _generated(self, state: ReasoningState) -> int:
+        """Tokens kept so far, in the small model's vocabulary."""
+        return len(state.contexts[self.small]) - state.prompt_lengths[self.small]
 
     def _as_model_tokens(
         self, step: StepResult, model: str, writer: str | None = None
@@ -309,6 +328,14 @@ class Controller:
                 features=obs.features[i].tolist(),
                 score=None if scores is None else float(scores[i]),
             )
+
+    async def solve(self, state: ReasoningState, rule) -> AsyncIterator[StepRecord]:
+        """Route one problem to the end, yielding each kept step as soon as it is taken.
+
+        The Serve router streams these; concurrent calls batch inside the engines."""
+        while not state.done:
+            await self.step([state], rule)
+            yield state.steps[-1]
 
     async def run(
         self,

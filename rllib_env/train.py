@@ -117,6 +117,7 @@ def build_ppo_config(cfg: ExperimentConfig, env_extra: dict | None = None) -> PP
         .training(
             lr=t.lr,
             gamma=t.gamma,
+            lambda_=t.gae_lambda,
             train_batch_size_per_learner=t.train_batch_size,
             minibatch_size=t.minibatch_size,
             num_epochs=t.num_epochs,

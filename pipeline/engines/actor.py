@@ -35,7 +35,7 @@ class EngineActor:
         try:
             return await self.engine.generate_batch(requests)
         except Exception as exc:
-            if _engine_dead(exc):
+            if engine_dead(exc):
                 # The engine process is gone and vLLM cannot revive it in place: end this actor
                 # so that Ray restarts it (max_restarts) and retries the callers' calls.
                 log.error(
@@ -57,7 +57,7 @@ class EngineActor:
         }
 
 
-def _engine_dead(exc: BaseException) -> bool:
+def engine_dead(exc: BaseException) -> bool:
     try:
         from vllm.v1.engine.exceptions import EngineDeadError
     except ImportError:  # an OpenAI engine only: no local engine process to die

