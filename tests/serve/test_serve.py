@@ -311,3 +311,25 @@ def test_killed_engine_replica_recovers(server, problems):
     after = handle.info.remote().result(timeout_s=60)
     assert after["pid"] != before["pid"]  # a new replica
     assert json.loads(response.text)["choices"][0]["message"]["content"]
+
+
+def test_router_metrics_reach_prometheus(server, ray_session, problems):
+    """The router's Serve metrics are exported in Prometheus format by Ray's metrics agent."""
+    _client(server).chat.completions.create(
+        model="router-b0.70", messages=[{"role": "user", "content": problems[3].question}]
+    )
+    node = ray_session._private.worker.global_worker.node
+    url = f"http://127.0.0.1:{node.metrics_export_port}/metrics"
+    wanted = {
+        "ray_steproute_requests_total",
+        "ray_steproute_steps_total",
+        "ray_steproute_step_latency_ms_count",
+        "ray_steproute_cost_per_request_count",
+    }
+    deadline = time.time() + 90
+    while True:
+        names = {line.split("{")[0] for line in httpx.get(url, timeout=30).text.splitlines()}
+        if wanted <= names or time.time() > deadline:
+            break
+        time.sleep(3)
+    assert wanted <= names, sorted(n for n in names if "steproute" in n)
