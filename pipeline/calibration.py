@@ -58,6 +58,7 @@ class OperatingPoint:
     expected_accuracy: float
     accuracy_interval: tuple[float, float]
     problems: int
+    policy: str | None = None  # the policy folder, when not the one the file sits beside
 
 
 def hoeffding_upper_bound(values: np.ndarray, delta: float, upper: float) -> float:
@@ -190,12 +191,10 @@ def load_operating_points(folder: str | Path) -> list[OperatingPoint]:
 # ---------------------------------------------------------------------------- on the engines
 
 
-def calibrate_policy(
-    cfg, policy_dir: str | Path, engines: dict | None = None
-) -> list[OperatingPoint]:
-    """Run the policy over a κ grid on the calibration split, pick one operating point per
-    budget in `calibration.budgets` and per accuracy target in `calibration.accuracy_targets`
-    (fractions of large-only accuracy), save them beside the policy."""
+def policy_grid(cfg, policy_dir: str | Path, engines: dict | None = None):
+    """Run the policy over the κ grid (`calibration.grid_targets`) on the calibration split,
+    with the small-only and large-only baselines; returns the per-problem rows (evaluation
+    format)."""
     import asyncio
 
     from pipeline.cache import CachedEngine, StepCache
@@ -213,7 +212,7 @@ def calibrate_policy(
         }
     )
     problems = load_split(cfg.dataset, "calibration")[: cal.limit]
-    cache = StepCache(Path(cfg.output_dir) / "step_cache")
+    cache = StepCache(cfg.step_cache_dir)
 
     async def main():
         own = engines is None
@@ -227,7 +226,12 @@ def calibrate_policy(
             if own:
                 await shutdown_engines(live)
 
-    rows = asyncio.run(main())
+    return asyncio.run(main())
+
+
+def choose_points(cfg, rows) -> list[OperatingPoint]:
+    """One operating point per budget and per accuracy target, from `policy_grid` rows."""
+    cal = cfg.calibration
     large = rows[rows.rule == "large_only"]
     large_cost, large_accuracy = float(large.cost.mean()), float(large.correct.mean())
     grid = [
@@ -241,6 +245,15 @@ def calibrate_policy(
         )
         for t in cal.accuracy_targets
     ]
-    chosen = [p for p in points if p is not None]
+    return [p for p in points if p is not None]
+
+
+def calibrate_policy(
+    cfg, policy_dir: str | Path, engines: dict | None = None
+) -> list[OperatingPoint]:
+    """Run the policy over a κ grid on the calibration split, pick one operating point per
+    budget in `calibration.budgets` and per accuracy target in `calibration.accuracy_targets`
+    (fractions of large-only accuracy), save them beside the policy."""
+    chosen = choose_points(cfg, policy_grid(cfg, policy_dir, engines))
     save_operating_points(chosen, policy_dir)
     return chosen

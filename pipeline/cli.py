@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Annotated
 
@@ -384,10 +385,6 @@ def calibrate_command(
     console.print(f"saved to {policy / 'operating_points.json'}")
 
 
-if __name__ == "__main__":
-    app()
-
-
 @app.command("serve")
 def serve_command(
     config: Annotated[Path, typer.Option("--config", "-c")] = Path("configs/testbed.yaml"),
@@ -428,3 +425,51 @@ def serve_command(
             time.sleep(3600)
     except KeyboardInterrupt:
         serve.shutdown()
+
+
+@app.command("sweep")
+def sweep_command(
+    config: Annotated[Path, typer.Option("--config", "-c")] = Path("configs/testbed.yaml"),
+    sweep: Annotated[Path, typer.Option("--sweep", "-s", help="Sweep spec YAML.")] = Path(
+        "configs/sweeps/testbed_small.yaml"
+    ),
+    resume: Annotated[
+        bool, typer.Option(help="Restore an interrupted sweep; finished trials are kept.")
+    ] = False,
+) -> None:
+    """Ray Tune over training knobs (λ, budgets, seeds, PPO), then the Pareto front."""
+    import os
+
+    import ray
+
+    from pipeline.evaluation import TESTBED_LABEL
+    from tune_sweeps.spec import SweepSpecError, load_sweep
+    from tune_sweeps.sweep import SweepInterrupted, run_sweep
+
+    try:
+        cfg = load_config(config)
+        spec = load_sweep(sweep)
+    except (ConfigError, SweepSpecError) as exc:
+        raise _fail(str(exc)) from None
+    if not ray.is_initialized() and not os.environ.get("RAY_ADDRESS"):
+        # Engines mostly wait on a laptop: give Ray enough logical CPUs for them plus the trials.
+        engines = sum(m.resources.num_cpus for m in cfg.models)
+        trials = spec.resources.cpus_per_trial * spec.resources.max_concurrent_trials
+        ray.init(num_cpus=max(os.cpu_count() or 1, int(math.ceil(engines + trials))))
+    label = TESTBED_LABEL if cfg.dataset.name == "testbed" else cfg.dataset.name
+    console.print(f"[bold]sweep[/] {spec.name} on {cfg.name} — {label}")
+    try:
+        outcome = run_sweep(cfg, spec, resume=resume)
+    except (SweepInterrupted, FileExistsError) as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(130 if isinstance(exc, SweepInterrupted) else 2) from None
+    console.print(
+        f"{outcome['trials']} trials ({outcome['stopped_early']} stopped early by ASHA, "
+        f"{outcome['calibrated']} calibrated); front: {len(outcome['front'])} points"
+    )
+    console.print(outcome["front"].to_string(index=False))
+    console.print(f"outputs: {outcome['folder']}")
+
+
+if __name__ == "__main__":
+    app()

@@ -36,6 +36,7 @@ __all__ = [
     "TrackingConfig",
     "TrainingConfig",
     "interpolate_env",
+    "merge_dicts",
     "load_config",
 ]
 
@@ -342,6 +343,35 @@ class ExperimentConfig(_Frozen):
                 )
         return self
 
+    def with_absolute_paths(self, models: bool = True) -> ExperimentConfig:
+        """The same config with local paths (model folders, data source, outputs, step cache)
+        made absolute: for code that runs in another directory (Tune trials, Serve replicas,
+        Ray actors). `models=False` keeps model paths as written: the step cache keys on them."""
+
+        def resolve(value: str | None) -> str | None:
+            return str(Path(value).resolve()) if value and Path(value).exists() else value
+
+        ladder = tuple(
+            m.model_copy(update={"path": resolve(m.path)}) if models else m for m in self.models
+        )
+        dataset = self.dataset.model_copy(update={"source": resolve(self.dataset.source)})
+        evaluation = self.evaluation.model_copy(
+            update={"cache_dir": str(self.step_cache_dir.resolve())}
+        )
+        return self.model_copy(
+            update={
+                "models": ladder,
+                "dataset": dataset,
+                "evaluation": evaluation,
+                "output_dir": str(Path(self.output_dir).resolve()),
+            }
+        )
+
+    @property
+    def step_cache_dir(self) -> Path:
+        """The step cache every stage shares: `evaluation.cache_dir`, else <output_dir>/step_cache."""
+        return Path(self.evaluation.cache_dir or Path(self.output_dir) / "step_cache")
+
     @property
     def mlflow_uri(self) -> str:
         if self.tracking.mlflow_uri:
@@ -409,7 +439,7 @@ def load_config(
         raise ConfigError(f"{path} must hold a mapping of keys at the top level")
     raw = interpolate_env(raw, where=str(path))
     if overrides:
-        raw = _merge(raw, overrides)
+        raw = merge_dicts(raw, overrides)
     return parse_config(raw, source=str(path))
 
 
@@ -421,11 +451,11 @@ def parse_config(raw: dict[str, Any], source: str = "<dict>") -> ExperimentConfi
         raise ConfigError("invalid config:\n  " + "\n  ".join(lines)) from None
 
 
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+def merge_dicts(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in extra.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
+            merged[key] = merge_dicts(merged[key], value)
         else:
             merged[key] = value
     return merged

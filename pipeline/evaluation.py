@@ -424,7 +424,7 @@ def evaluate(
     if not problems:
         raise ValueError(f"split '{ev.split}' of {cfg.dataset.name} is empty")
     folder = Path(output_dir or Path(cfg.output_dir) / "evaluation")
-    cache = StepCache(ev.cache_dir or Path(cfg.output_dir) / "step_cache")
+    cache = StepCache(cfg.step_cache_dir)
     own_engines = engines is None
 
     async def main() -> tuple[pd.DataFrame, dict[str, str]]:

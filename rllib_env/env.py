@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -71,8 +70,8 @@ class StepRoutingEnv(MultiAgentEnv):
         if engines is None:
             from pipeline.engines.launch import start_engines
 
-            cache_dir = Path(self.cfg.output_dir) / "step_cache"
-            engines = start_engines(self.cfg.models, use_ray=True, cache=StepCache(cache_dir))
+            cache = StepCache(self.cfg.step_cache_dir)
+            engines = start_engines(self.cfg.models, use_ray=True, cache=cache)
         self.controller = Controller(self.cfg, engines)
         # One event loop for the env's life: engine clients stay bound to it.
         self._loop = asyncio.new_event_loop()

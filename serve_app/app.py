@@ -77,15 +77,6 @@ def policy_dir(cfg: ExperimentConfig) -> str:
     return str(folder)
 
 
-def _absolute_model_paths(cfg: ExperimentConfig) -> ExperimentConfig:
-    # Replicas run in other directories (or on other nodes with the same layout).
-    models = tuple(
-        m.model_copy(update={"path": str(Path(m.path).resolve())}) if Path(m.path).exists() else m
-        for m in cfg.models
-    )
-    return cfg.model_copy(update={"models": models})
-
-
 def _engine_deployment(model, cfg: ExperimentConfig):
     resources = model.resources
     options: dict = {
@@ -107,7 +98,7 @@ def _engine_deployment(model, cfg: ExperimentConfig):
 def build_app(args: dict):
     if "config" not in args:
         raise ConfigError("serve_app: the application args need 'config: <experiment YAML>'")
-    cfg = _absolute_model_paths(load_config(args["config"], args.get("overrides")))
+    cfg = load_config(args["config"], args.get("overrides")).with_absolute_paths()
     folder = policy_dir(cfg)
     points = [] if folder == "hand_set" else [asdict(p) for p in load_operating_points(folder)]
     keys = api_keys(cfg)

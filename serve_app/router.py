@@ -132,6 +132,10 @@ class Router:
         self.policy = (
             RouterPolicy.hand_set() if policy_dir == "hand_set" else RouterPolicy.load(policy_dir)
         )
+        # A sweep's front names a policy folder per point; others use the folder's own policy.
+        self.point_policies = {
+            p["policy"]: RouterPolicy.load(p["policy"]) for p in points if p.get("policy")
+        }
         self.routes, self.default = build_routes(self.cfg, [OperatingPoint(**p) for p in points])
         self.api_keys = [k.encode() for k in api_keys]
         self.handles = engines
@@ -279,7 +283,10 @@ class Router:
             return SmallOnly()
         if route.rule == "large_only":
             return LargeOnly()
-        return PolicyRule(self.policy, kappa=route.kappa)
+        policy = self.policy
+        if route.point is not None and route.point.policy:
+            policy = self.point_policies[route.point.policy]
+        return PolicyRule(policy, kappa=route.kappa)
 
     # ------------------------------------------------------------------ endpoints
 

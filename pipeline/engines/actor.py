@@ -19,6 +19,7 @@ from pipeline.engines.types import StepRequest, StepResult, model_fingerprint
 log = logging.getLogger(__name__)
 
 ACTOR_PREFIX = "steproute-engine-"
+NAMESPACE = "steproute"
 MAX_RESTARTS = 3
 
 
@@ -91,6 +92,7 @@ def actor_options(model: ModelConfig) -> dict:
     resources = model.resources
     options = {
         "name": ACTOR_PREFIX + model.name,
+        "namespace": NAMESPACE,  # every driver (CLI, Tune trial, Serve, job) finds the same one
         "get_if_exists": True,
         "lifetime": "detached",
         "max_restarts": MAX_RESTARTS,
@@ -109,6 +111,9 @@ def actor_options(model: ModelConfig) -> dict:
         options["num_gpus"] = 0
     else:
         options["num_gpus"] = resources.num_gpus
+        # Shared by everyone: never inside the placement group of whoever started it first
+        # (a Tune trial, an env runner).
+        options["scheduling_strategy"] = "DEFAULT"
     return options
 
 

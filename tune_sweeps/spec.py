@@ -1,0 +1,221 @@
+"""The sweep spec: which training knobs to vary, how to search them, and with what resources.
+
+A YAML file beside the experiment config (e.g. `configs/sweeps/testbed_small.yaml`):
+
+    name: testbed-small
+    iterations: 8                      # PPO iterations per trial
+    axes:
+      cost_weight: {loguniform: [0.1, 0.6]}
+      seed: {grid: [0, 1]}
+    search: {algorithm: random, num_samples: 6}
+    scheduler: {asha: {metric: rollout/episode_return_mean, mode: max, grace_period: 2}}
+    metric: apgr                       # what "best" means after calibration
+    resources: {cpus_per_trial: 1, max_concurrent_trials: 2}
+
+Axes set training keys (`cost_weight`, `lr`, `entropy_coeff`, `gae_lambda`,
+`initial_escalation`, `train_batch_size`, `seed`) or `budget`, which turns on dual ascent
+toward that budget. A spec that names an unknown axis, a sampler that cannot be searched by the
+chosen algorithm, or an impossible range fails with `SweepSpecError` before any trial starts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pipeline.config import interpolate_env
+
+__all__ = [
+    "AXES",
+    "FINAL_METRICS",
+    "TRAINING_METRICS",
+    "Axis",
+    "SweepSpec",
+    "SweepSpecError",
+    "load_sweep",
+]
+
+# Axis name → the experiment config key it sets.
+AXES: dict[str, tuple[str, str]] = {
+    "cost_weight": ("training", "cost_weight"),
+    "lr": ("training", "lr"),
+    "entropy_coeff": ("training", "entropy_coeff"),
+    "gae_lambda": ("training", "gae_lambda"),
+    "initial_escalation": ("training", "initial_escalation"),
+    "train_batch_size": ("training", "train_batch_size"),
+    "seed": ("training", "seed"),
+    "budget": ("routing", "budget"),
+}
+# Reported by every training iteration (ASHA can act on these).
+TRAINING_METRICS = (
+    "rollout/episode_return_mean",
+    "rollout/accuracy",
+    "rollout/cost_normalized",
+    "rollout/escalation_rate",
+)
+# Reported once per trial, after calibration on the calibration split.
+FINAL_METRICS = ("apgr", "auc", "accuracy", "cost_normalized")
+
+
+class SweepSpecError(ValueError):
+    """The sweep spec is invalid; the message names the key and the fix."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Axis(_Frozen):
+    grid: list[float] | None = None
+    uniform: tuple[float, float] | None = None
+    loguniform: tuple[float, float] | None = None
+
+    @model_validator(mode="after")
+    def _one_sampler(self) -> Axis:
+        given = [k for k in ("grid", "uniform", "loguniform") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                f"an axis takes exactly one of grid / uniform / loguniform (got {given})"
+            )
+        if self.grid is not None and not self.grid:
+            raise ValueError("grid must list at least one value")
+        for name in ("uniform", "loguniform"):
+            bounds = getattr(self, name)
+            if bounds is not None:
+                low, high = bounds
+                if not low < high:
+                    raise ValueError(f"{name} needs low < high (got {list(bounds)})")
+                if name == "loguniform" and low <= 0:
+                    raise ValueError(f"loguniform needs low > 0 (got {low})")
+        return self
+
+    def tune_domain(self):
+        from ray import tune
+
+        if self.grid is not None:
+            return tune.grid_search(list(self.grid))
+        if self.uniform is not None:
+            return tune.uniform(*self.uniform)
+        return tune.loguniform(*self.loguniform)
+
+
+class Search(_Frozen):
+    algorithm: Literal["grid", "random", "optuna"] = "grid"
+    num_samples: int = Field(1, ge=1, description="grid: repeats of the grid; else: trials.")
+
+
+class Asha(_Frozen):
+    metric: str = "rollout/episode_return_mean"
+    mode: Literal["max", "min"] = "max"
+    grace_period: int = Field(2, ge=1)
+    reduction_factor: float = Field(2.0, gt=1)
+
+
+class Scheduler(_Frozen):
+    asha: Asha | None = None
+
+
+class Resources(_Frozen):
+    cpus_per_trial: float = Field(1.0, gt=0)
+    gpus_per_trial: float = Field(0.0, ge=0)
+    max_concurrent_trials: int = Field(2, ge=1)
+
+
+class SweepSpec(_Frozen):
+    name: str = Field(..., min_length=1)
+    iterations: int = Field(..., ge=1, description="PPO iterations per trial.")
+    axes: dict[str, Axis] = Field(..., min_length=1)
+    search: Search = Field(default_factory=Search)
+    scheduler: Scheduler = Field(default_factory=Scheduler)
+    metric: Literal["apgr", "auc", "accuracy", "cost_normalized"] = "apgr"
+    mode: Literal["max", "min"] = "max"
+    resources: Resources = Field(default_factory=Resources)
+    calibration_limit: int | None = Field(
+        None, ge=1, description="Calibrate each trial on the first N calibration problems."
+    )
+    calibration_method: Literal["quantile", "ltt"] | None = Field(
+        None, description="Override calibration.method (LTT certifies little on few problems)."
+    )
+    front_limit: int | None = Field(
+        None, ge=1, description="Evaluate the Pareto front on the first N test problems."
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SweepSpec:
+        unknown = sorted(set(self.axes) - set(AXES))
+        if unknown:
+            raise ValueError(f"unknown axis {unknown}; known axes: {sorted(AXES)}")
+        if self.search.algorithm == "grid":
+            sampled = sorted(n for n, a in self.axes.items() if a.grid is None)
+            if sampled:
+                raise ValueError(
+                    f"search 'grid' needs grid axes; {sampled} are sampled: use search "
+                    "'random' or 'optuna', or give them a grid"
+                )
+        if self.search.algorithm == "optuna":
+            grids = sorted(n for n, a in self.axes.items() if a.grid is not None)
+            if grids:
+                raise ValueError(
+                    f"search 'optuna' samples every axis; {grids} are grids: use uniform / "
+                    "loguniform ranges, or search 'grid'"
+                )
+        asha = self.scheduler.asha
+        if asha is not None:
+            if asha.metric not in TRAINING_METRICS:
+                raise ValueError(
+                    f"scheduler.asha.metric '{asha.metric}' is not reported every iteration; "
+                    f"choose one of {list(TRAINING_METRICS)}"
+                )
+            if asha.grace_period >= self.iterations:
+                raise ValueError(
+                    f"scheduler.asha.grace_period ({asha.grace_period}) must be below "
+                    f"iterations ({self.iterations}), or ASHA can stop nothing"
+                )
+        for name in ("seed", "train_batch_size"):
+            axis = self.axes.get(name)
+            if axis is not None and (axis.grid is None or any(v != int(v) for v in axis.grid)):
+                raise ValueError(f"axis '{name}' takes a grid of whole numbers")
+        return self
+
+    @property
+    def num_trials(self) -> int:
+        """Trials a complete sweep runs: the grid's size times num_samples."""
+        size = 1
+        for axis in self.axes.values():
+            size *= len(axis.grid) if axis.grid is not None else 1
+        return size * self.search.num_samples
+
+    def param_space(self) -> dict[str, Any]:
+        return {name: axis.tune_domain() for name, axis in self.axes.items()}
+
+
+def load_sweep(path: str | Path) -> SweepSpec:
+    path = Path(path)
+    if not path.is_file():
+        raise SweepSpecError(
+            f"sweep spec not found: {path}; fix: pass e.g. configs/sweeps/testbed_small.yaml"
+        )
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise SweepSpecError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise SweepSpecError(f"{path} must hold a mapping of keys at the top level")
+    return parse_sweep(interpolate_env(raw, where=str(path)), source=str(path))
+
+
+def parse_sweep(raw: dict[str, Any], source: str = "<dict>") -> SweepSpec:
+    try:
+        return SweepSpec.model_validate(raw)
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            key = ".".join(str(p) for p in error["loc"]) or "<top level>"
+            message = error["msg"].removeprefix("Value error, ")
+            if error["type"] == "extra_forbidden":
+                message = "unknown key; remove it or fix its spelling"
+            lines.append(f"{source}: '{key}': {message}")
+        raise SweepSpecError("invalid sweep spec:\n  " + "\n  ".join(lines)) from None
