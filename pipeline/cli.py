@@ -471,5 +471,93 @@ def sweep_command(
     console.print(f"outputs: {outcome['folder']}")
 
 
+def _overrides(pairs: list[str]) -> dict:
+    """`["evaluation.limit=400"]` → `{"evaluation": {"limit": 400}}` (values parsed as YAML)."""
+    import yaml
+
+    tree: dict = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise _fail(f"--set takes section.key=value (got {pair!r})")
+        *parents, leaf = key.strip().split(".")
+        node = tree
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(value)
+    return tree
+
+
+@app.command("pipeline")
+def pipeline_command(
+    config: Annotated[Path, typer.Option("--config", "-c")] = Path("configs/testbed.yaml"),
+    force: Annotated[bool, typer.Option(help="Run every stage, even those up to date.")] = False,
+    serve_after: Annotated[
+        bool, typer.Option("--serve", help="Deploy the router on Ray Serve at the end.")
+    ] = False,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a config key: section.key=value (YAML value)."),
+    ] = None,
+) -> None:
+    """The main job: baselines, train, calibrate, evaluate (each skipped when up to date)."""
+    import time
+
+    import pandas as pd
+
+    from pipeline.evaluation import TESTBED_LABEL
+    from pipeline.jobs import run_pipeline
+
+    try:
+        cfg = load_config(config, _overrides(set_ or []))
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+    label = TESTBED_LABEL if cfg.dataset.name == "testbed" else cfg.dataset.name
+    console.print(f"[bold]pipeline[/] {cfg.name} — {label}")
+    started = time.perf_counter()
+    last: dict[str, float] = {}
+
+    def progress(rule: str, done: int, total: int) -> None:
+        if done == total or time.perf_counter() - last.get(rule, 0.0) > 20:
+            last[rule] = time.perf_counter()
+            console.print(f"  {rule}: {done}/{total} problems")
+
+    def iteration(i: int, metrics: dict) -> None:
+        console.print(
+            f"  PPO iteration {i}: accuracy {metrics.get('rollout/accuracy', float('nan')):.3f}, "
+            f"cost {metrics.get('rollout/cost_normalized', float('nan')):.3f}"
+        )
+
+    results = run_pipeline(
+        cfg, force=force, say=console.print, progress=progress, on_iteration=iteration
+    )
+    ran = [r.stage for r in results if not r.skipped]
+    console.print(
+        f"pipeline finished in {(time.perf_counter() - started) / 60:.1f} min "
+        f"(ran: {', '.join(ran) or 'nothing, all up to date'})"
+    )
+    folder = Path(cfg.output_dir) / "evaluation"
+    summary = pd.read_csv(folder / "summary.csv")
+    table = Table(title=f"accuracy–cost ({label})")
+    for column in ("rule", "auc", "apgr", "cost_at_large_accuracy", "best_accuracy"):
+        table.add_column(column)
+    for row in summary.itertuples():
+        table.add_row(
+            str(row.rule),
+            *(f"{getattr(row, c, float('nan')):.3f}" for c in ("auc", "apgr")),
+            *(
+                f"{getattr(row, c, float('nan')):.3f}"
+                for c in ("cost_at_large_accuracy", "best_accuracy")
+            ),
+        )
+    console.print(table)
+    console.print(f"report: {folder / 'report.md'}")
+    console.print(f"plots:  {folder / 'accuracy_cost.png'}, {folder / 'escalation_by_step.png'}")
+    console.print(f"MLflow: mlflow ui --backend-store-uri {cfg.mlflow_uri}")
+    console.print(f"serve:  steproute serve --config {config}")
+    if serve_after:
+        serve_command(config=config, host=None, port=None, policy=None)
+
+
 if __name__ == "__main__":
     app()

@@ -187,6 +187,10 @@ class TrainingConfig(_Frozen):
     )
     num_env_runners: int = Field(0, ge=0)
     num_envs_per_env_runner: int = Field(1, ge=1)
+    env_runner_resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Ray custom resources per env runner, e.g. {env_runner: 1} (cluster nodes).",
+    )
     concurrency: int = Field(32, ge=1, description="Problems in flight per env.")
     sample_timeout_s: float = Field(600.0, gt=0)
     checkpoint_every: int = Field(5, ge=1)
@@ -259,6 +263,12 @@ class AuthConfig(_Frozen):
         "STEPROUTE_API_KEYS", description="Environment variable with comma-separated keys."
     )
     api_keys: tuple[str, ...] = Field((), description="Keys in the config (prefer the env var).")
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _yaml_booleans(cls, value: Any) -> Any:
+        # YAML 1.1 reads a bare on / off as true / false.
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
 
 class ServeConfig(_Frozen):

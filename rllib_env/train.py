@@ -113,6 +113,7 @@ def build_ppo_config(cfg: ExperimentConfig, env_extra: dict | None = None) -> PP
             num_env_runners=t.num_env_runners,
             num_envs_per_env_runner=t.num_envs_per_env_runner,
             sample_timeout_s=t.sample_timeout_s,
+            custom_resources_per_env_runner=dict(t.env_runner_resources),
         )
         .training(
             lr=t.lr,

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from pipeline.cli import app
@@ -60,3 +61,18 @@ def test_console_script_is_installed() -> None:
     done = subprocess.run([str(script), "--help"], capture_output=True, text=True, check=False)
     assert done.returncode == 0
     assert "data" in done.stdout and "grade" in done.stdout
+
+
+def test_set_overrides_reach_the_loaded_config() -> None:
+    import typer
+
+    from pipeline.cli import _overrides
+    from pipeline.config import load_config
+
+    tree = _overrides(["evaluation.limit=400", "training.lr=0.002", "serve.auth.mode=on"])
+    assert tree["evaluation"] == {"limit": 400}
+    cfg = load_config(Path("configs/testbed.yaml"), tree)
+    assert cfg.evaluation.limit == 400 and cfg.training.lr == 0.002
+    assert cfg.serve.auth.mode == "on"  # YAML reads `on` as true: still the mode "on"
+    with pytest.raises(typer.Exit):
+        _overrides(["evaluation.limit"])

@@ -8,7 +8,7 @@ A YAML file beside the experiment config (e.g. `configs/sweeps/testbed_small.yam
       cost_weight: {loguniform: [0.1, 0.6]}
       seed: {grid: [0, 1]}
     search: {algorithm: random, num_samples: 6}
-    scheduler: {asha: {metric: rollout/episode_return_mean, mode: max, grace_period: 2}}
+    scheduler: {asha: {metric: rollout/objective, mode: max, grace_period: 2}}
     metric: apgr                       # what "best" means after calibration
     resources: {cpus_per_trial: 1, max_concurrent_trials: 2}
 
@@ -51,6 +51,7 @@ AXES: dict[str, tuple[str, str]] = {
 }
 # Reported by every training iteration (ASHA can act on these).
 TRAINING_METRICS = (
+    "rollout/objective",  # accuracy − λ·cost per problem: the per-problem reward's mean
     "rollout/episode_return_mean",
     "rollout/accuracy",
     "rollout/cost_normalized",
@@ -108,7 +109,7 @@ class Search(_Frozen):
 
 
 class Asha(_Frozen):
-    metric: str = "rollout/episode_return_mean"
+    metric: str = "rollout/objective"
     mode: Literal["max", "min"] = "max"
     grace_period: int = Field(2, ge=1)
     reduction_factor: float = Field(2.0, gt=1)

@@ -40,7 +40,7 @@ from pipeline.calibration import (
     save_operating_points,
 )
 from pipeline.config import ExperimentConfig, merge_dicts, parse_config
-from tune_sweeps.spec import AXES, FINAL_METRICS, SweepSpec
+from tune_sweeps.spec import AXES, FINAL_METRICS, TRAINING_METRICS, SweepSpec
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,13 @@ def run_trial(params: dict, *, experiment: dict, spec: dict, root: str) -> None:
     last: dict[str, float] = {}
 
     def on_iteration(iteration: int, metrics: dict) -> None:
-        last.update(metrics)  # keep every key present in every report (ASHA reads one)
+        # Every key present in every report (ASHA reads one; Tune checks strictly).
+        last.update(dict.fromkeys(TRAINING_METRICS, math.nan) | last | metrics)
+        if "rollout/accuracy" in metrics and "rollout/cost_normalized" in metrics:
+            weight = metrics.get("train/cost_weight", cfg.training.cost_weight)
+            last["rollout/objective"] = (
+                metrics["rollout/accuracy"] - weight * metrics["rollout/cost_normalized"]
+            )
         tune.report(dict(last) | {"phase/calibrated": 0.0})
 
     policy = train(
