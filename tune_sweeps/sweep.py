@@ -247,7 +247,7 @@ def _plot(table: pd.DataFrame, baselines: pd.DataFrame, path: Path, label: str) 
     ax.plot(front.test_cost, front.test_accuracy, "-s", color="black", ms=6, label="sweep front")
     ax.set_xlabel("cost (fraction of large-only cost)")
     ax.set_ylabel("accuracy")
-    ax.set_title(f"Pareto front of the sweep, test split — {label}")
+    ax.set_title(f"Pareto front of the sweep, test split\n{label}", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -405,7 +405,7 @@ def run_sweep(cfg: ExperimentConfig, spec: SweepSpec, *, resume: bool = False) -
                             tags={"mlflow.parentRunId": parent.info.run_id, "kind": "trial"},
                         )
                     ],
-                    failure_config=tune.FailureConfig(max_failures=1),
+                    failure_config=tune.FailureConfig(max_failures=2),
                 ),
             )
         results = tuner.fit()
