@@ -126,14 +126,14 @@ def run_pipeline(
     for stage in STAGES:
         outputs = tuple(str(p) for p in _outputs(cfg, stage))
         if not force and _done(cfg, stage):
-            say(f"[{stage}] up to date (config hash {stage_hash(cfg, stage)}): kept")
+            say(f"stage {stage}: up to date (config hash {stage_hash(cfg, stage)}): kept")
             results.append(StageResult(stage, True, 0.0, outputs))
             continue
-        say(f"[{stage}] running")
+        say(f"stage {stage}: running")
         started = time.perf_counter()
         actions[stage]()
         seconds = time.perf_counter() - started
         _mark(cfg, stage, seconds)
-        say(f"[{stage}] done in {seconds / 60:.1f} min")
+        say(f"stage {stage}: done in {seconds / 60:.1f} min")
         results.append(StageResult(stage, False, seconds, outputs))
     return results

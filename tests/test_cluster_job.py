@@ -195,4 +195,4 @@ def test_pipeline_job_runs_on_a_two_node_cluster(cluster, tmp_path) -> None:
         timeout=600,
     )
     assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
-    assert (again.stdout + again.stderr).count("] up to date") == 4  # every stage kept
+    assert (again.stdout + again.stderr).count("up to date (config hash") == 4  # every stage kept
