@@ -432,22 +432,30 @@ def _describe(error: dict[str, Any], path: str) -> str:
     return f"bad value for '{key}' in {path}: {error['msg']}{got_text}; fix: correct that value"
 
 
+def read_yaml_mapping(
+    path: Path, error: type[Exception], what: str, example: str
+) -> dict[str, Any]:
+    """A YAML file's top-level mapping with `${ENV:default}` interpolated; `error` names what
+    is wrong (missing file, bad YAML, not a mapping)."""
+    if not path.is_file():
+        raise error(f"{what} not found: {path}; fix: pass {example}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise error(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise error(f"{path} must hold a mapping of keys at the top level")
+    return interpolate_env(raw, where=str(path))
+
+
 def load_config(
     path: str | os.PathLike[str], overrides: dict[str, Any] | None = None
 ) -> ExperimentConfig:
     """Load an experiment YAML. Raises `ConfigError` naming the key, the file and the fix."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(
-            f"config file not found: {path}; fix: pass an existing YAML, e.g. configs/testbed.yaml"
-        )
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path} must hold a mapping of keys at the top level")
-    raw = interpolate_env(raw, where=str(path))
+    raw = read_yaml_mapping(
+        path, ConfigError, "config file", "an existing YAML, e.g. configs/testbed.yaml"
+    )
     if overrides:
         raw = merge_dicts(raw, overrides)
     return parse_config(raw, source=str(path))

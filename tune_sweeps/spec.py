@@ -23,10 +23,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from pipeline.config import interpolate_env
+from pipeline.config import read_yaml_mapping
 
 __all__ = [
     "AXES",
@@ -194,18 +193,10 @@ class SweepSpec(_Frozen):
 
 
 def load_sweep(path: str | Path) -> SweepSpec:
-    path = Path(path)
-    if not path.is_file():
-        raise SweepSpecError(
-            f"sweep spec not found: {path}; fix: pass e.g. configs/sweeps/testbed_small.yaml"
-        )
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise SweepSpecError(f"{path} is not valid YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise SweepSpecError(f"{path} must hold a mapping of keys at the top level")
-    return parse_sweep(interpolate_env(raw, where=str(path)), source=str(path))
+    raw = read_yaml_mapping(
+        Path(path), SweepSpecError, "sweep spec", "e.g. configs/sweeps/testbed_small.yaml"
+    )
+    return parse_sweep(raw, source=str(path))
 
 
 def parse_sweep(raw: dict[str, Any], source: str = "<dict>") -> SweepSpec:

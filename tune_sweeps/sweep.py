@@ -238,6 +238,8 @@ def _plot(table: pd.DataFrame, baselines: pd.DataFrame, path: Path, label: str) 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from pipeline.evaluation import _finish as finish
+
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for rule, group in baselines.groupby("rule", sort=False):
         group = group.sort_values("cost_normalized")
@@ -245,14 +247,14 @@ def _plot(table: pd.DataFrame, baselines: pd.DataFrame, path: Path, label: str) 
         ax.plot(group.cost_normalized, group.accuracy, style, ms=4, label=rule, alpha=0.8)
     front = table.sort_values("test_cost")
     ax.plot(front.test_cost, front.test_accuracy, "-s", color="black", ms=6, label="sweep front")
-    ax.set_xlabel("cost (fraction of large-only cost)")
-    ax.set_ylabel("accuracy")
-    ax.set_title(f"Pareto front of the sweep, test split\n{label}", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    finish(
+        fig,
+        ax,
+        "cost (fraction of large-only cost)",
+        "accuracy",
+        f"Pareto front of the sweep, test split\n{label}",
+        path,
+    )
 
 
 def write_front(
