@@ -22,6 +22,7 @@ from ray.rllib.algorithms.ppo import PPOConfig
 from ray.rllib.callbacks.callbacks import RLlibCallback
 from ray.rllib.core.rl_module.multi_rl_module import MultiRLModuleSpec
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+from ray.rllib.utils.metrics import NUM_AGENT_STEPS_SAMPLED
 
 from pipeline.config import ExperimentConfig
 from rllib_env.env import StepRoutingEnv, env_config
@@ -46,6 +47,17 @@ def _envs(runner):
 
 class LagrangianCallback(RLlibCallback):
     """Collects per-problem stats from the envs after each iteration; updates λ if asked."""
+
+    def on_sample_end(self, *, env_runner=None, metrics_logger=None, **kwargs) -> None:
+        # RLlib 2.60 adds up a sample's per-agent step counts with int(); an agent that stepped in
+        # an earlier sample but not in this one (its problem finished) has a NaN count, and the
+        # sum raises "cannot convert float NaN to integer" (ray-project/ray#62635). A zero for
+        # every agent id the env uses keeps each count a number without changing the sums.
+        if env_runner is None or metrics_logger is None:
+            return
+        for env in _envs(env_runner):
+            for agent_id in env.possible_agents:
+                metrics_logger.log_value((NUM_AGENT_STEPS_SAMPLED, str(agent_id)), 0, reduce="sum")
 
     def on_train_result(self, *, algorithm, metrics_logger=None, result, **kwargs) -> None:
         group = algorithm.env_runner_group

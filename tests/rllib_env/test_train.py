@@ -68,3 +68,15 @@ def test_training_resumes_from_the_last_checkpoint_after_a_crash(
     assert RouterPolicy.load(policy_dir).escalation_probability(
         np.full((1, NUM_FEATURES), 0.5)
     ).shape == (1,)
+
+
+def test_two_env_runners_sample_across_finished_agents(tiny_training_cfg, testbed_engines) -> None:
+    """Samples end mid-episode, so agents whose problem finished in an earlier sample are absent
+    from the next one. RLlib 2.60 then sums a NaN step count and raises (ray-project/ray#62635)
+    unless the training callback fills in zeros."""
+    raw = tiny_training_cfg.model_dump(mode="json")
+    raw["training"] |= {"num_env_runners": 2, "iterations": 4, "checkpoint_every": 4}
+    seen: list[dict] = []
+    train(parse_config(raw), on_iteration=lambda i, m: seen.append(m), track=False)
+    assert len(seen) == 4
+    assert sum(m["rollout/problems"] for m in seen) > 0  # problems finished on the runners
