@@ -107,10 +107,17 @@ def run_pipeline(
     from pipeline.evaluation import evaluate
     from rllib_env.train import train
 
-    if not ray.is_initialized():
-        ray.init()  # RAY_ADDRESS, when set (e.g. inside `ray job submit`), joins that cluster
-    say("starting the engines (shared Ray actors)")
-    start_engines(cfg.models, use_ray=True)
+    engines_started = False
+
+    def start() -> None:  # only when a stage has work to do
+        nonlocal engines_started
+        if engines_started:
+            return
+        if not ray.is_initialized():
+            ray.init()  # RAY_ADDRESS, when set (e.g. inside `ray job submit`), joins that cluster
+        say("starting the engines (shared Ray actors)")
+        start_engines(cfg.models, use_ray=True)
+        engines_started = True
 
     out = Path(cfg.output_dir)
     baseline_rules = [r for r in cfg.evaluation.rules if r in BASELINE_RULES]
@@ -129,6 +136,7 @@ def run_pipeline(
             say(f"stage {stage}: up to date (config hash {stage_hash(cfg, stage)}): kept")
             results.append(StageResult(stage, True, 0.0, outputs))
             continue
+        start()
         say(f"stage {stage}: running")
         started = time.perf_counter()
         actions[stage]()
