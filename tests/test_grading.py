@@ -4,8 +4,10 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from pipeline.grading import extract_answer, grade, is_equivalent
+from pipeline.grading import _math_verify_equal, extract_answer, grade, is_equivalent
 
 
 @pytest.mark.parametrize(
@@ -111,3 +113,14 @@ def test_gsm8k_answer_found_when_marker_is_stripped(data_dir: Path) -> None:
         body, gold = record["answer"].rsplit("#### ", 1)
         hits += grade(body, gold.strip(), "gsm8k").correct
     assert hits >= 180
+
+
+@given(st.integers(-10_000, 10_000), st.integers(-10_000, 10_000), st.booleans())
+@settings(max_examples=60, deadline=None)
+def test_integer_fast_path_agrees_with_math_verify(gold: int, other: int, same: bool) -> None:
+    """Integers are compared without the symbolic parser; it must give math-verify's verdict
+    (leading zeros and signs included)."""
+    predicted = str(gold) if same else str(other)
+    if same and gold >= 0:
+        predicted = "0" + predicted
+    assert is_equivalent(str(gold), predicted) == _math_verify_equal(str(gold), predicted)
