@@ -5,11 +5,13 @@ Each agent is one problem in flight. An env episode works through `episode_probl
 joins in the same `step`. Every `step`:
 
     1. the waiting agents' actions arrive: 0 keeps the draft, k > 0 lets model k write the step;
-    2. all escalations go out as one batched engine call (`controller.escalate`), then every
-       kept step is appended (`controller.advance`);
-    3. finished problems leave with their terminal reward, new ones join;
-    4. all next drafts go out as one batched call (`controller.draft`) and only the agents that
-       must decide next get an observation.
+    2. kept drafts are appended at once (`controller.advance`); finished problems leave with
+       their terminal reward, and new ones join in the freed slots;
+    3. concurrently, as batched calls: the larger models write the escalated steps
+       (`controller.escalate`, one call per model) while the small model drafts the next step of
+       every problem from 2 (`controller.draft`) — the two engines work at the same time;
+    4. the escalated steps are appended, finished problems leave, new ones join, and one more
+       draft call covers them; only the agents that must decide next get an observation.
 
 Reward per decision: −λ·(cost of this step / large-only cost per problem), plus 1 at the end if
 the graded answer is correct. λ comes from config (`training.cost_weight`) and can be changed
@@ -104,40 +106,26 @@ class StepRoutingEnv(MultiAgentEnv):
         self._admitted = 0
         self.agents = []
         joined = self._admit()
-        return self._draft_and_observe(joined), {}
+        return self._observe(joined, self._run(self._draft(joined))), {}
 
     def step(self, action_dict: dict[str, int]):
         acting = [aid for aid in action_dict if aid in self._states]
         rewards: dict[str, float] = {}
         terminateds: dict[str, bool] = {}
-        # Escalations: one batched call per larger model.
-        written = {aid: (self._drafts[aid], self.controller.small) for aid in acting}
-        for level in range(1, len(self.cfg.models)):
-            chosen = [aid for aid in acting if int(action_dict[aid]) == level]
-            if chosen:
-                name = self.cfg.models[level].name
-                results = self._run(
-                    self.controller.escalate([self._states[a] for a in chosen], name)
-                )
-                for aid, result in zip(chosen, results, strict=True):
-                    written[aid] = (result, name)
-        for aid in acting:
-            state = self._states[aid]
-            result, model = written[aid]
-            self.controller.advance(
-                state, result, model, draft=self._drafts[aid], features=self._obs[aid].tolist()
-            )
-            rewards[aid] = -self.cost_weight * state.steps[-1].cost / self.cost_scale
-            if state.done:
-                correct = self.controller.is_correct(state)
-                rewards[aid] += float(correct)
-                terminateds[aid] = True
-                self._finish(aid, state, correct)
-        continuing = [aid for aid in acting if not self._states[aid].done]
-        for aid in [a for a in acting if self._states[a].done]:
-            del self._states[aid], self._drafts[aid], self._obs[aid]
-        joined = self._admit()
-        obs = self._draft_and_observe(continuing + joined)
+        kept = [aid for aid in acting if int(action_dict[aid]) == 0]
+        escalated = [aid for aid in acting if int(action_dict[aid]) != 0]
+        # A kept draft is the step: take it, and draft the next step of those problems (and of
+        # problems joining in freed slots) while the larger models write the escalated steps.
+        # The small and the large engine work at the same time.
+        for aid in kept:
+            self._take(aid, self._drafts[aid], self.controller.small, rewards, terminateds)
+        ready = [aid for aid in kept if aid in self._states] + self._admit()
+        drafts, written = self._run(self._draft_while_escalating(ready, escalated, action_dict))
+        for aid in escalated:
+            self._take(aid, *written[aid], rewards, terminateds)
+        late = [aid for aid in escalated if aid in self._states] + self._admit()
+        drafts += self._run(self._draft(late))
+        obs = self._observe(ready + late, drafts)
         terminateds["__all__"] = not self._states and not self._queue
         return obs, rewards, terminateds, {"__all__": False}, {}
 
@@ -153,11 +141,49 @@ class StepRoutingEnv(MultiAgentEnv):
         self.agents = list(self._states)
         return joined
 
-    def _draft_and_observe(self, agent_ids: list[str]) -> dict[str, np.ndarray]:
+    async def _draft_while_escalating(self, ready, escalated, action_dict):
+        return await asyncio.gather(self._draft(ready), self._escalate(escalated, action_dict))
+
+    async def _escalate(
+        self, agent_ids: list[str], action_dict: dict[str, int]
+    ) -> dict[str, tuple[StepResult, str]]:
+        """Each larger model writes the steps escalated to it: one batched call per model."""
+        calls = []
+        for level in range(1, len(self.cfg.models)):
+            chosen = [aid for aid in agent_ids if int(action_dict[aid]) == level]
+            if chosen:
+                name = self.cfg.models[level].name
+                states = [self._states[aid] for aid in chosen]
+                calls.append((chosen, name, self.controller.escalate(states, name)))
+        results = await asyncio.gather(*(call for _, _, call in calls))
+        written = {}
+        for (chosen, name, _), steps in zip(calls, results, strict=True):
+            written |= {aid: (step, name) for aid, step in zip(chosen, steps, strict=True)}
+        return written
+
+    def _take(self, aid: str, step: StepResult, model: str, rewards: dict, terminateds: dict):
+        """Keep `step` for agent `aid`: its reward, and its exit when the problem is done."""
+        state = self._states[aid]
+        self.controller.advance(
+            state, step, model, draft=self._drafts[aid], features=self._obs[aid].tolist()
+        )
+        rewards[aid] = -self.cost_weight * state.steps[-1].cost / self.cost_scale
+        if state.done:
+            correct = self.controller.is_correct(state)
+            rewards[aid] += float(correct)
+            terminateds[aid] = True
+            self._finish(aid, state, correct)
+            del self._states[aid], self._drafts[aid], self._obs[aid]
+
+    async def _draft(self, agent_ids: list[str]) -> list[StepResult]:
+        if not agent_ids:
+            return []
+        return await self.controller.draft([self._states[aid] for aid in agent_ids])
+
+    def _observe(self, agent_ids: list[str], drafts: list[StepResult]) -> dict[str, np.ndarray]:
         if not agent_ids:
             return {}
         states = [self._states[aid] for aid in agent_ids]
-        drafts = self._run(self.controller.draft(states))
         observation = self.controller.observe(states, drafts)
         for i, aid in enumerate(agent_ids):
             self._drafts[aid] = drafts[i]
@@ -183,6 +209,14 @@ class StepRoutingEnv(MultiAgentEnv):
         return max(1e-9, sum(s.cost for s in states) / len(states))
 
     # ------------------------------------------------------------------ training hooks
+
+    def deciding(self) -> dict[str, tuple[str, int]]:
+        """The agents that must act next: agent id -> (problem id, step index). For scripted
+        rollouts that decide by problem and step, like the `random` rule (benchmarks)."""
+        return {
+            aid: (self._states[aid].problem.id, len(self._states[aid].steps))
+            for aid in self._drafts
+        }
 
     def set_cost_weight(self, value: float) -> None:
         self.cost_weight = float(value)

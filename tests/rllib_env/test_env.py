@@ -22,7 +22,13 @@ def _episode(env, rng: random.Random, p_escalate: float = 0.4):
     obs, _ = env.reset()
     log = [("reset", obs, {}, {})]
     seen_done: set[str] = set()
+    last: dict[str, tuple[str, int]] = {}
     while True:
+        deciding = env.deciding()
+        assert set(deciding) == set(obs)  # it names exactly the agents it asks to act
+        for aid, (problem, step) in deciding.items():
+            assert last.get(aid, (problem, -1)) == (problem, step - 1)  # same problem, next step
+            last[aid] = (problem, step)
         actions = {aid: int(rng.random() < p_escalate) for aid in obs}
         obs, rewards, terminateds, truncateds, _ = env.step(actions)
         log.append((actions, obs, rewards, terminateds))
