@@ -68,6 +68,11 @@ class EngineServer:
                 os._exit(1)
             raise
 
+    async def reset_prefix_cache(self) -> None:
+        """Empty vLLM's prefix cache (benchmarks start each measured arm cold)."""
+        if hasattr(self.engine, "reset_prefix_cache"):
+            await self.engine.reset_prefix_cache()
+
     async def check_health(self) -> None:
         inner = getattr(self.engine, "_engine", None)
         if inner is not None and getattr(inner, "errored", False):

@@ -45,6 +45,10 @@ class EngineActor:
                 os._exit(1)
             raise
 
+    async def reset_prefix_cache(self) -> None:
+        if hasattr(self.engine, "reset_prefix_cache"):  # an OpenAI engine has none to reset
+            await self.engine.reset_prefix_cache()
+
     async def describe(self) -> dict:
         import psutil
 
@@ -85,6 +89,9 @@ class ActorEngine:
 
     async def generate_batch(self, requests: list[StepRequest]) -> list[StepResult]:
         return await self.actor.generate_batch.remote(requests)
+
+    async def reset_prefix_cache(self) -> None:
+        await self.actor.reset_prefix_cache.remote()
 
 
 def actor_options(model: ModelConfig) -> dict:

@@ -126,6 +126,11 @@ class VLLMEngine:
         """All requests in flight at once: continuous batching does the batching."""
         return list(await asyncio.gather(*(self.generate(r) for r in requests)))
 
+    async def reset_prefix_cache(self) -> None:
+        """Forget every cached prefix: the next requests compute their contexts from scratch
+        (benchmarks measure a cold engine this way without restarting it)."""
+        await self._engine.reset_prefix_cache()
+
     def shutdown(self) -> None:
         if self._engine is not None:
             self._engine.shutdown()
