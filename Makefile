@@ -14,7 +14,7 @@ export VLLM_ENABLE_V1_MULTIPROCESSING ?= 0
 export VLLM_CPU_OMP_THREADS_BIND ?= nobind
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo test lint clean-venv
+.PHONY: setup demo test bench bench-quick lint clean-venv
 
 setup: $(STAMP)
 	@$(BIN)/python -m pipeline.setup_check
@@ -48,6 +48,19 @@ test: setup
 	@# pytest exits 5 when it collected nothing: a failure here, never a pass.
 	$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+BENCHMARKS := rollout cache serving training
+
+# Performance: each script measures its ratios in one run and prints them (benchmarks/RESULTS.md
+# holds recorded runs). bench-quick is the smoke check CI runs: small sizes, numbers not meaningful.
+bench: setup
+	@for b in $(BENCHMARKS); do \
+	  $(BIN)/python -m benchmarks.$$b --config configs/testbed.yaml --record || exit 1; done
+
+bench-quick: setup
+	@for b in $(BENCHMARKS); do \
+	  echo "== benchmarks.$$b --quick"; \
+	  $(BIN)/python -m benchmarks.$$b --config configs/testbed.yaml --quick || exit 1; done
 
 lint: setup
 	$(BIN)/ruff check .

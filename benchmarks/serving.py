@@ -1,0 +1,256 @@
+"""Serving overhead: the router endpoint against the same steps called on the engines directly.
+
+For 1, 8 and 32 concurrent clients:
+
+    router  `POST /v1/chat/completions` over HTTP (model `router`, a fixed κ), through Serve's
+            proxy and the `Router` ingress;
+    direct  the router's work minus HTTP: in this process, `Controller.solve` with the same policy
+            and κ over the same engine deployments (`ServeEngine` handles), as many at a time.
+
+Both arms solve the same problems, in A-B-B-A order (direct and router on one half, then router
+and direct on the other), each run starting with empty vLLM prefix caches; the table says
+for how many requests the two took exactly the same steps (same writer per step). Also measured:
+the policy's decision latency per step (one draft's features, as the router decides them).
+Goal: router p50 latency <= 1.05x direct; decision latency < 1 ms per step.
+
+    python -m benchmarks.serving --config configs/testbed.yaml [--quick] [--record]
+        [--policy FOLDER | hand_set] [--kappa 0.5]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from pathlib import Path
+
+import httpx
+
+from benchmarks.common import (
+    Table,
+    connect_ray,
+    label,
+    parse_args,
+    percentile,
+    record,
+    timed,
+)
+from pipeline.controller import Controller
+from pipeline.data import load_split
+from pipeline.policy import RouterPolicy
+from pipeline.rules import PolicyRule
+
+APP = "steproute-bench"
+
+
+def _arguments(parser) -> None:
+    parser.add_argument(
+        "--policy",
+        default=None,
+        help="RouterPolicy folder or 'hand_set' (default: <output_dir>/policy when trained)",
+    )
+    parser.add_argument("--kappa", type=float, default=0.5, help="escalation threshold κ")
+
+
+def _policy(cfg, chosen: str | None) -> str:
+    if chosen:
+        return chosen if chosen == "hand_set" else str(Path(chosen).resolve())
+    trained = Path(cfg.output_dir) / "policy"
+    return str(trained.resolve()) if (trained / "operating_points.json").exists() else "hand_set"
+
+
+def start_router(config: str, policy: str) -> str:
+    """The Serve app on a free loopback port; returns its base URL once healthy."""
+    from ray import serve
+
+    from serve_app.app import build_app
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    overrides = {"serve": {"policy": policy, "auth": {"mode": "off"}, "max_ongoing_requests": 256}}
+    serve.run(build_app({"config": config, "overrides": overrides}), name=APP, route_prefix="/")
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 300
+    while httpx.get(f"{base}/health", timeout=120).status_code != 200:
+        if time.time() > deadline:
+            raise RuntimeError("the router did not become healthy within 300 s")
+        time.sleep(1)
+    return base
+
+
+async def _engine_handles(cfg) -> dict:
+    """The app's engine deployments as `StepEngine`s, as the router holds them."""
+    from ray import serve
+
+    from serve_app.engines import ServeEngine
+
+    engines = {}
+    for model in cfg.models:
+        handle = serve.get_deployment_handle(f"engine-{model.name}", app_name=APP)
+        info = await handle.info.remote()
+        engines[model.name] = ServeEngine(handle, info, cfg.serve.request_timeout_s)
+    return engines
+
+
+async def _reset_prefix_caches(cfg) -> None:
+    from ray import serve
+
+    for model in cfg.models:
+        await serve.get_deployment_handle(
+            f"engine-{model.name}", app_name=APP
+        ).reset_prefix_cache.remote()
+
+
+async def _closed_loop(problems, concurrency: int, solve) -> tuple[list[float], float, list]:
+    """`concurrency` clients, each solving the next problem as soon as its last one is done.
+    Returns each request's latency, the wall time, and each problem's step writers."""
+    queue = list(enumerate(problems))
+    queue.reverse()
+    latencies: list[float] = []
+    writers: list = [None] * len(problems)
+
+    async def client() -> None:
+        while queue:
+            index, problem = queue.pop()
+            started = time.perf_counter()
+            writers[index] = await solve(problem)
+            latencies.append(time.perf_counter() - started)
+
+    with timed() as t:
+        await asyncio.gather(*(client() for _ in range(concurrency)))
+    return latencies, t.seconds, writers
+
+
+async def router_arm(base: str, problems, concurrency: int, kappa: float):
+    async with httpx.AsyncClient(base_url=base, timeout=600) as http:
+
+        async def solve(problem) -> list[str]:
+            response = await http.post(
+                "/v1/chat/completions",
+                json={
+                    "model": "router",
+                    "messages": [{"role": "user", "content": problem.question}],
+                    "routing": {"kappa": kappa},
+                },
+            )
+            response.raise_for_status()
+            return [step["model"] for step in response.json()["routing"]["steps"]]
+
+        return await _closed_loop(problems, concurrency, solve)
+
+
+async def direct_arm(controller: Controller, rule, problems, concurrency: int):
+    async def solve(problem) -> list[str]:
+        state = controller.start(problem)
+        return [step.model async for step in controller.solve(state, rule)]
+
+    return await _closed_loop(problems, concurrency, solve)
+
+
+async def decision_latency(controller: Controller, rule, problem, repeats: int) -> float:
+    """Seconds per `decide` on one draft's observation (the router decides per request)."""
+    state = controller.start(problem)
+    drafts = await controller.draft([state])
+    observation = controller.observe([state], drafts)
+    rule.decide_with_scores(observation)  # warm-up
+    with timed() as t:
+        for _ in range(repeats):
+            rule.decide_with_scores(observation)
+    return t.seconds / repeats
+
+
+def main(argv=None) -> None:
+    args = parse_args("Router overhead vs. direct engine calls", argv, extra=_arguments)
+    cfg = args.cfg
+    levels = [(1, 4), (2, 4)] if args.quick else [(1, 32), (8, 64), (32, 128)]
+    started = time.perf_counter()
+    policy = _policy(cfg, args.policy)
+    connect_ray()
+    from ray import serve
+
+    base = start_router(args.config, policy)
+    problems = load_split(cfg.dataset, cfg.evaluation.split)
+    rule = PolicyRule(
+        RouterPolicy.hand_set() if policy == "hand_set" else RouterPolicy.load(policy),
+        kappa=args.kappa,
+    )
+    table = Table(
+        f"Serving overhead — {label(cfg)}",
+        [
+            "clients",
+            "requests",
+            "router p50 s",
+            "router p95 s",
+            "direct p50 s",
+            "direct p95 s",
+            "overhead p50",
+            "overhead p95",
+            "router req/s",
+            "direct req/s",
+            "same steps",
+        ],
+    )
+
+    async def measure() -> float:
+        controller = Controller(cfg, await _engine_handles(cfg))
+        warm_up = problems[-2:-1]  # first calls through each path are not measured
+        await direct_arm(controller, rule, warm_up, 1)
+        await router_arm(base, warm_up, 1, args.kappa)
+        offset = 0
+        for concurrency, count in levels:
+            chosen = problems[offset : offset + count]
+            offset += count
+            # A-B-B-A: each arm solves both halves, one early and one late, so that drift of
+            # the machine (other processes, caches, clocks) falls on both arms alike.
+            half = len(chosen) // 2
+            arms = {"direct": ([], 0.0, {}), "router": ([], 0.0, {})}
+            for arm, part in (("direct", 0), ("router", 0), ("router", 1), ("direct", 1)):
+                subset = chosen[:half] if part == 0 else chosen[half:]
+                await _reset_prefix_caches(cfg)
+                if arm == "direct":
+                    result = await direct_arm(controller, rule, subset, concurrency)
+                else:
+                    result = await router_arm(base, subset, concurrency, args.kappa)
+                latencies, wall, steps = arms[arm]
+                steps |= {p.id: s for p, s in zip(subset, result[2], strict=True)}
+                arms[arm] = (latencies + result[0], wall + result[1], steps)
+            direct, direct_wall, direct_steps = arms["direct"]
+            routed, router_wall, router_steps = arms["router"]
+            same = sum(direct_steps[p.id] == router_steps[p.id] for p in chosen)
+            p50 = (percentile(routed, 50), percentile(direct, 50))
+            p95 = (percentile(routed, 95), percentile(direct, 95))
+            table.add(
+                concurrency,
+                count,
+                p50[0],
+                p95[0],
+                p50[1],
+                p95[1],
+                f"{p50[0] / p50[1] - 1:+.1%}",
+                f"{p95[0] / p95[1] - 1:+.1%}",
+                count / router_wall,
+                count / direct_wall,
+                f"{same}/{count}",
+            )
+            print(f"{concurrency} clients: router p50 {p50[0]:.3f} s", flush=True)
+        return await decision_latency(controller, rule, problems[-1], 200 if args.quick else 5000)
+
+    try:
+        decide = asyncio.run(measure())
+    finally:
+        serve.delete(APP)
+    table.notes = [
+        f"policy: {'hand-set linear' if policy == 'hand_set' else 'trained'} at κ {args.kappa}; "
+        f"policy decision latency: {decide * 1e3:.3f} ms per step (one draft; goal < 1 ms)",
+        "overhead = router latency / direct latency - 1; goal: <= +5 % at p50",
+        "direct = Controller.solve on the same engine deployments from the benchmark process "
+        "(no HTTP, no proxy, no ingress); prefix caches emptied before every arm",
+    ]
+    table.show()
+    record(args, [table], time.perf_counter() - started)
+
+
+if __name__ == "__main__":
+    main()
