@@ -19,8 +19,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import Table, label, parse_args, record, reset_prefix_caches, timed
-from benchmarks.common import start_uncached_engines as start_engines
+from benchmarks.common import (
+    Table,
+    label,
+    parse_args,
+    report,
+    reset_prefix_caches,
+    start_uncached_engines,
+    timed,
+)
 from benchmarks.rollout import ESCALATION, make_env, run_episode
 from pipeline.cache import CachedEngine, StepCache
 from pipeline.controller import Controller
@@ -81,7 +88,7 @@ def main(argv=None) -> None:
     cfg = args.cfg
     problems = 16 if args.quick else 256
     started = time.perf_counter()
-    raw = start_engines(cfg)
+    raw = start_uncached_engines(cfg)
     rule = make_rule("random", p=ESCALATION, seed=0)
     test = load_split(cfg.dataset, cfg.evaluation.split)[:problems]
     table = Table(
@@ -104,8 +111,7 @@ def main(argv=None) -> None:
             Path(tmp) / "training",
         )
     table.notes.append("goal: the warm epoch >= 20x faster than the cold one")
-    table.show()
-    record(args, [table], time.perf_counter() - started)
+    report(args, [table], started)
 
 
 if __name__ == "__main__":

@@ -33,8 +33,8 @@ __all__ = [
     "machine_description",
     "parse_args",
     "percentile",
-    "record",
     "recording",
+    "report",
     "reset_prefix_caches",
     "start_uncached_engines",
     "timed",
@@ -231,10 +231,14 @@ def machine_description() -> str:
     )
 
 
-def record(args, tables: Sequence[Table], wall_seconds: float) -> None:
-    """Append `tables` under a dated heading to RESULTS.md (only with --record)."""
+def report(args, tables: Sequence[Table], started: float) -> None:
+    """Print `tables`; with --record also append them under a dated heading to RESULTS.md.
+    `started`: the script's `time.perf_counter()` at its start."""
+    for table in tables:
+        table.show()
     if not args.record:
         return
+    wall_seconds = time.perf_counter() - started
     script = Path(sys.argv[0]).stem if sys.argv and sys.argv[0] else "benchmark"
     command = (
         "python -m benchmarks." + script + " " + " ".join(shlex.quote(a) for a in sys.argv[1:])

@@ -28,8 +28,8 @@ from benchmarks.common import (
     Table,
     label,
     parse_args,
-    record,
     recording,
+    report,
     reset_prefix_caches,
     start_uncached_engines,
     timed,
@@ -197,8 +197,7 @@ def main(argv=None) -> None:
         "the large engine work at the same time",
         "goal at 64 in flight: env / ceiling >= 0.7x, env / floor >= 10x",
     ]
-    table.show()
-    record(args, [table], time.perf_counter() - started)
+    report(args, [table], started)
 
 
 if __name__ == "__main__":

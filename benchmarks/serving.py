@@ -32,7 +32,7 @@ from benchmarks.common import (
     label,
     parse_args,
     percentile,
-    record,
+    report,
     timed,
 )
 from pipeline.controller import Controller
@@ -94,13 +94,9 @@ async def _engine_handles(cfg) -> dict:
     return engines
 
 
-async def _reset_prefix_caches(cfg) -> None:
-    from ray import serve
-
-    for model in cfg.models:
-        await serve.get_deployment_handle(
-            f"engine-{model.name}", app_name=APP
-        ).reset_prefix_cache.remote()
+async def _reset_prefix_caches(engines: dict) -> None:
+    for engine in engines.values():
+        await engine.handle.reset_prefix_cache.remote()
 
 
 async def _closed_loop(problems, concurrency: int, solve) -> tuple[list[float], float, list]:
@@ -194,7 +190,8 @@ def main(argv=None) -> None:
     )
 
     async def measure() -> float:
-        controller = Controller(cfg, await _engine_handles(cfg))
+        engines = await _engine_handles(cfg)
+        controller = Controller(cfg, engines)
         warm_up = problems[-2:-1]  # first calls through each path are not measured
         await direct_arm(controller, rule, warm_up, 1)
         await router_arm(base, warm_up, 1, args.kappa)
@@ -208,7 +205,7 @@ def main(argv=None) -> None:
             arms = {"direct": ([], 0.0, {}), "router": ([], 0.0, {})}
             for arm, part in (("direct", 0), ("router", 0), ("router", 1), ("direct", 1)):
                 subset = chosen[:half] if part == 0 else chosen[half:]
-                await _reset_prefix_caches(cfg)
+                await _reset_prefix_caches(engines)
                 if arm == "direct":
                     result = await direct_arm(controller, rule, subset, concurrency)
                 else:
@@ -248,8 +245,7 @@ def main(argv=None) -> None:
         "direct = Controller.solve on the same engine deployments from the benchmark process "
         "(no HTTP, no proxy, no ingress); prefix caches emptied before every arm",
     ]
-    table.show()
-    record(args, [table], time.perf_counter() - started)
+    report(args, [table], started)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import math
 import tempfile
 import time
 
-from benchmarks.common import Table, connect_ray, label, parse_args, record, start_uncached_engines
+from benchmarks.common import Table, connect_ray, label, parse_args, report, start_uncached_engines
 from pipeline.config import load_config
 
 # RLlib reports its timers as exponential moving averages over iterations (MetricsLogger.log_time,
@@ -115,8 +115,7 @@ def main(argv=None) -> None:
         "sampling and learner times: RLlib's own timers, per iteration (recovered from its "
         "moving averages); iteration s: wall time of `algo.train()`",
     ]
-    table.show()
-    record(args, [table], time.perf_counter() - started)
+    report(args, [table], started)
 
 
 if __name__ == "__main__":

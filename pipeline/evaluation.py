@@ -38,7 +38,7 @@ from pipeline.rules import NEVER, RoutingRule, ThresholdRule, make_rule
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EvaluationResult", "evaluate", "evaluate_with", "summarize"]
+__all__ = ["EvaluationResult", "evaluate", "evaluate_with", "plot_rule_curves", "summarize"]
 
 TESTBED_LABEL = "TESTBED (synthetic arithmetic; not a GSM8K/MATH result)"
 SKIPPED_RULES = {
@@ -195,6 +195,14 @@ def _digest(results: pd.DataFrame) -> str:
 # ---------------------------------------------------------------------------- outputs
 
 
+def plot_rule_curves(ax, points: pd.DataFrame, **style) -> None:
+    """One accuracy-vs-cost curve per rule (a lone point for a rule with one operating point)."""
+    for rule, group in points.groupby("rule", sort=False):
+        group = group.sort_values("cost_normalized")
+        marker = "o" if len(group) == 1 else "o-"
+        ax.plot(group.cost_normalized, group.accuracy, marker, label=rule, markersize=4, **style)
+
+
 def _plots(points: pd.DataFrame, results: pd.DataFrame, folder: Path, label: str) -> None:
     import matplotlib
 
@@ -202,10 +210,7 @@ def _plots(points: pd.DataFrame, results: pd.DataFrame, folder: Path, label: str
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 5))
-    for rule, group in points.groupby("rule", sort=False):
-        group = group.sort_values("cost_normalized")
-        style = "o" if len(group) == 1 else "o-"
-        ax.plot(group.cost_normalized, group.accuracy, style, label=rule, markersize=4)
+    plot_rule_curves(ax, points)
     _finish(
         fig,
         ax,

@@ -107,17 +107,12 @@ def run_pipeline(
     from pipeline.evaluation import evaluate
     from rllib_env.train import train
 
-    engines_started = False
-
-    def start() -> None:  # only when a stage has work to do
-        nonlocal engines_started
-        if engines_started:
-            return
+    kept = {stage: not force and _done(cfg, stage) for stage in STAGES}
+    if not all(kept.values()):  # engines only when a stage has work to do
         if not ray.is_initialized():
             ray.init()  # RAY_ADDRESS, when set (e.g. inside `ray job submit`), joins that cluster
         say("starting the engines (shared Ray actors)")
         start_engines(cfg.models, use_ray=True)
-        engines_started = True
 
     out = Path(cfg.output_dir)
     baseline_rules = [r for r in cfg.evaluation.rules if r in BASELINE_RULES]
@@ -132,11 +127,10 @@ def run_pipeline(
     results = []
     for stage in STAGES:
         outputs = tuple(str(p) for p in _outputs(cfg, stage))
-        if not force and _done(cfg, stage):
+        if kept[stage]:
             say(f"stage {stage}: up to date (config hash {stage_hash(cfg, stage)}): kept")
             results.append(StageResult(stage, True, 0.0, outputs))
             continue
-        start()
         say(f"stage {stage}: running")
         started = time.perf_counter()
         actions[stage]()

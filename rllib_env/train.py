@@ -55,9 +55,9 @@ class LagrangianCallback(RLlibCallback):
         # every agent id the env uses keeps each count a number without changing the sums.
         if env_runner is None or metrics_logger is None:
             return
-        for env in _envs(env_runner):
-            for agent_id in env.possible_agents:
-                metrics_logger.log_value((NUM_AGENT_STEPS_SAMPLED, str(agent_id)), 0, reduce="sum")
+        agent_ids = {str(aid) for env in _envs(env_runner) for aid in env.possible_agents}
+        for agent_id in agent_ids:
+            metrics_logger.log_value((NUM_AGENT_STEPS_SAMPLED, agent_id), 0, reduce="sum")
 
     def on_train_result(self, *, algorithm, metrics_logger=None, result, **kwargs) -> None:
         group = algorithm.env_runner_group

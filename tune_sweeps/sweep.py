@@ -239,12 +239,10 @@ def _plot(table: pd.DataFrame, baselines: pd.DataFrame, path: Path, label: str) 
     import matplotlib.pyplot as plt
 
     from pipeline.evaluation import _finish as finish
+    from pipeline.evaluation import plot_rule_curves
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    for rule, group in baselines.groupby("rule", sort=False):
-        group = group.sort_values("cost_normalized")
-        style = "o" if len(group) == 1 else "-o"
-        ax.plot(group.cost_normalized, group.accuracy, style, ms=4, label=rule, alpha=0.8)
+    plot_rule_curves(ax, baselines, alpha=0.8)
     front = table.sort_values("test_cost")
     ax.plot(front.test_cost, front.test_accuracy, "-s", color="black", ms=6, label="sweep front")
     finish(
