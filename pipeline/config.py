@@ -165,6 +165,12 @@ class RoutingConfig(_Frozen):
     draft_embedding_dim: int = Field(
         0, ge=0, le=256, description="Append a hashed text embedding of the draft (0 = off)."
     )
+    prompt_length_scale: int | None = Field(
+        None,
+        ge=1,
+        description="Prompt tokens at which the traj/prompt_length feature reaches 1 "
+        "(default: max_total_tokens). Longer questions are often harder ones.",
+    )
 
 
 class TrainingConfig(_Frozen):

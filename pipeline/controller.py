@@ -205,6 +205,8 @@ class Controller:
     ) -> Observation:
         """The features of each draft and trajectory (pipeline.features)."""
         max_step_tokens = self.by_name[self.small].sampling.max_step_tokens
+        routing = self.cfg.routing
+        prompt_scale = routing.prompt_length_scale or routing.max_total_tokens
         rows = []
         for state, draft in zip(states, drafts, strict=True):
             stats = draft_stats(
@@ -218,6 +220,8 @@ class Controller:
                 escalated_steps=state.escalations,
                 min_draft_prob_so_far=state.min_draft_prob,
                 prev_escalated=bool(state.steps) and state.steps[-1].escalated,
+                prompt_tokens=state.prompt_lengths[self.small],
+                prompt_scale=prompt_scale,
             )
             rows.append(
                 feature_vector(stats, trajectory)

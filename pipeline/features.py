@@ -36,6 +36,7 @@ FEATURE_NAMES: tuple[str, ...] = (
     "traj/escalated_fraction",  # fraction of earlier steps written by a larger model
     "traj/min_draft_prob_so_far",  # lowest draft mean_prob of earlier steps (1 at the start)
     "traj/prev_escalated",  # 1 if the previous step was escalated
+    "traj/prompt_length",  # prompt tokens / routing.prompt_length_scale, clipped at 1
 )
 NUM_FEATURES = len(FEATURE_NAMES)
 
@@ -59,6 +60,8 @@ class TrajectoryStats:
     escalated_steps: int
     min_draft_prob_so_far: float
     prev_escalated: bool
+    prompt_tokens: int = 0  # the question as the small model reads it
+    prompt_scale: int = 0  # prompt tokens at which the feature saturates (0: feature is 0)
 
 
 def _entropy(top_logprobs: Sequence[float]) -> float:
@@ -113,6 +116,7 @@ def feature_vector(draft: DraftStats, trajectory: TrajectoryStats) -> list[float
         t.escalated_steps / steps_before if t.step_index else 0.0,
         t.min_draft_prob_so_far,
         float(t.prev_escalated),
+        t.prompt_tokens / t.prompt_scale if t.prompt_scale > 0 else 0.0,
     ]
     return [min(1.0, max(0.0, v)) for v in values]
 

@@ -116,3 +116,19 @@ def test_draft_embedding_flag_widens_the_observation(
     states = [controller.start(p) for p in problems[:3]]
     drafts = asyncio.run(controller.draft(states))
     assert controller.observe(states, drafts).features.shape == (3, NUM_FEATURES + 8)
+
+
+def test_observation_carries_each_question_length(testbed_cfg, testbed_engines, problems) -> None:
+    from pipeline.features import FEATURE_NAMES
+
+    controller = Controller(testbed_cfg, testbed_engines)
+    states = [controller.start(p) for p in problems[:6]]
+    drafts = asyncio.run(controller.draft(states))
+    column = controller.observe(states, drafts).features[
+        :, FEATURE_NAMES.index("traj/prompt_length")
+    ]
+    routing = testbed_cfg.routing
+    scale = routing.prompt_length_scale or routing.max_total_tokens
+    lengths = [s.prompt_lengths[controller.small] for s in states]
+    assert len(set(lengths)) > 1  # the sample holds questions of different lengths
+    assert column.tolist() == pytest.approx([min(1.0, n / scale) for n in lengths])

@@ -5,7 +5,13 @@ import math
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.features import NUM_FEATURES, TrajectoryStats, draft_stats, feature_vector
+from pipeline.features import (
+    FEATURE_NAMES,
+    NUM_FEATURES,
+    TrajectoryStats,
+    draft_stats,
+    feature_vector,
+)
 
 logprob = st.floats(-30, 0, allow_nan=False)
 
@@ -21,16 +27,33 @@ logprob = st.floats(-30, 0, allow_nan=False)
     escalated=st.integers(0, 30),
     prev=st.booleans(),
     text=st.text(max_size=30),
+    prompt=st.integers(0, 5000),
+    prompt_scale=st.integers(0, 2048),
 )
 def test_every_feature_is_in_unit_interval(
-    chosen, k, step, max_steps, cost, scale, escalated, prev, text
+    chosen, k, step, max_steps, cost, scale, escalated, prev, text, prompt, prompt_scale
 ):
     top = [[lp - i for i in range(k)] for lp in chosen]
     draft = draft_stats(chosen, top, text, max_step_tokens=32)
-    traj = TrajectoryStats(step, max_steps, cost, scale, min(escalated, step), 0.5, prev)
+    traj = TrajectoryStats(
+        step, max_steps, cost, scale, min(escalated, step), 0.5, prev, prompt, prompt_scale
+    )
     vector = feature_vector(draft, traj)
     assert len(vector) == NUM_FEATURES
     assert all(0.0 <= v <= 1.0 and math.isfinite(v) for v in vector)
+
+
+def test_prompt_length_feature_grows_with_the_question_and_saturates() -> None:
+    draft = draft_stats([-0.1], [[-0.1]], "2+2=4", 32)
+    column = FEATURE_NAMES.index("traj/prompt_length")
+
+    def value(tokens: int) -> float:
+        return feature_vector(draft, TrajectoryStats(0, 10, 0.0, 1.0, 0, 1.0, False, tokens, 64))[
+            column
+        ]
+
+    assert value(44) < value(55) < value(63) < 1.0
+    assert value(64) == value(500) == 1.0
 
 
 def test_confident_draft_scores_higher_than_unsure_one() -> None:
