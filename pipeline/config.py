@@ -191,6 +191,10 @@ class TrainingConfig(_Frozen):
     initial_escalation: float = Field(
         0.5, gt=0, lt=1, description="p(escalate) of the untrained policy."
     )
+    standardize_features: bool = Field(
+        True,
+        description="Standardize the policy's inputs with statistics measured before training.",
+    )
     num_env_runners: int = Field(0, ge=0)
     num_envs_per_env_runner: int = Field(1, ge=1)
     env_runner_resources: dict[str, float] = Field(

@@ -4,8 +4,13 @@ The RLlib module wraps this same network, so trained weights export without conv
 no hidden layers it is a logistic regression on the features; `RouterPolicy.hand_set()` gives
 one with hand-chosen weights, which exercises the `policy` rule before any training.
 
-Saved as a folder: `policy.pt` (state dict) + `policy.json` (its own config: feature names,
-hidden sizes, number of actions), so a checkpoint carries what is needed to load it.
+Inputs are standardized with per-feature statistics measured before training
+(`set_feature_statistics`; identity until set): the features live in [0, 1] but some vary over a
+narrow band (a question's length), and a network sees such a feature only once it is rescaled.
+
+Saved as a folder: `policy.pt` (state dict, the statistics included) + `policy.json` (its own
+config: feature names, hidden sizes, number of actions), so a checkpoint carries what is needed
+to load it.
 """
 
 from __future__ import annotations
@@ -41,17 +46,33 @@ class RouterPolicy(nn.Module):
         self.hidden_sizes = tuple(hidden_sizes)
         self.num_actions = num_actions
         self.num_features = num_features
+        self.num_named = min(num_features, NUM_FEATURES)  # named features among the inputs
         self.body, width = mlp_body(num_features, self.hidden_sizes)
         self.head = nn.Linear(width, num_actions)  # logits: action 0 = keep the draft
+        self.register_buffer("feature_mean", torch.zeros(num_features))
+        self.register_buffer("feature_std", torch.ones(num_features))
+
+    def set_feature_statistics(self, mean, std) -> None:
+        with torch.no_grad():
+            self.feature_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+            self.feature_std.copy_(torch.as_tensor(std, dtype=torch.float32))
+
+    def standardize(self, obs: torch.Tensor) -> torch.Tensor:
+        return (obs - self.feature_mean) / self.feature_std
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.head(self.body(obs))
+        return self.head(self.body(self.standardize(obs)))
 
     @torch.no_grad()
     def escalation_probability(self, features) -> torch.Tensor:
         """p(any larger model writes the step) for a batch of feature rows."""
         obs = torch.as_tensor(features, dtype=torch.float32).reshape(len(features), -1)
-        obs = obs[:, : self.num_features]  # features appended after training are not used
+        # The named features this policy knows come first; features named after it was trained
+        # are skipped; a draft embedding (the columns after all named ones) follows.
+        embedding = self.num_features - self.num_named
+        obs = torch.cat(
+            [obs[:, : self.num_named], obs[:, NUM_FEATURES : NUM_FEATURES + embedding]], 1
+        )
         return 1.0 - torch.softmax(self(obs), dim=-1)[:, 0]
 
     # ------------------------------------------------------------------ hand-set baseline
@@ -83,7 +104,8 @@ class RouterPolicy(nn.Module):
         meta = {
             "hidden_sizes": list(self.hidden_sizes),
             "num_actions": self.num_actions,
-            "feature_names": list(FEATURE_NAMES[: self.num_features]),
+            "feature_names": list(FEATURE_NAMES[: self.num_named]),
+            "num_features": self.num_features,  # more than the names: a draft embedding follows
         }
         (folder / "policy.json").write_text(json.dumps(meta, indent=2))
         return folder
@@ -104,7 +126,12 @@ class RouterPolicy(nn.Module):
                 f"policy in {folder} was trained on features {list(names)}, which do not match "
                 f"this version's FEATURE_NAMES prefix; retrain it"
             )
-        policy = cls(tuple(meta["hidden_sizes"]), meta["num_actions"], len(names))
-        policy.load_state_dict(torch.load(folder / "policy.pt", weights_only=True))
+        width = int(meta.get("num_features", len(names)))
+        policy = cls(tuple(meta["hidden_sizes"]), meta["num_actions"], width)
+        policy.num_named = len(names)
+        state = torch.load(folder / "policy.pt", weights_only=True)
+        # Policies saved before inputs were standardized have no statistics: identity.
+        state = {"feature_mean": policy.feature_mean, "feature_std": policy.feature_std} | state
+        policy.load_state_dict(state)
         policy.eval()
         return policy

@@ -22,20 +22,25 @@ __all__ = ["RouterRLModule"]
 
 
 class RouterRLModule(TorchRLModule, ValueFunctionAPI):
-    """`model_config`: {"hidden_sizes": [64, 64], "initial_escalation": 0.5}."""
+    """`model_config`: {"hidden_sizes": [64, 64], "initial_escalation": 0.5} and, optionally,
+    "feature_mean" / "feature_std" (per-feature statistics the inputs are standardized with; see
+    `rllib_env.train.feature_statistics`)."""
 
     def setup(self) -> None:
         hidden = tuple(self.model_config.get("hidden_sizes", (64, 64)))
         num_features = int(self.observation_space.shape[0])
         self.policy = RouterPolicy(hidden, int(self.action_space.n), num_features)
-        # Start by keeping most drafts (p(escalate) ≈ initial_escalation): a policy that
-        # escalates half the steps starts far over any budget, and the cost gradient then
-        # drowns the slower signal of which escalations fix answers.
+        # Start at p(escalate) ≈ initial_escalation whatever the features say: PPO then learns
+        # from there which steps are worth the large model.
         p = float(self.model_config.get("initial_escalation", 0.5))
         with torch.no_grad():
             self.policy.head.weight.mul_(0.01)
             self.policy.head.bias.zero_()
             self.policy.head.bias[1:] = math.log(p / (1 - p)) - math.log(self.action_space.n - 1)
+        if "feature_mean" in self.model_config:
+            self.policy.set_feature_statistics(
+                self.model_config["feature_mean"], self.model_config["feature_std"]
+            )
         body, width = mlp_body(num_features, hidden)
         self.value_net = nn.Sequential(*body, nn.Linear(width, 1))
 
@@ -43,4 +48,5 @@ class RouterRLModule(TorchRLModule, ValueFunctionAPI):
         return {Columns.ACTION_DIST_INPUTS: self.policy(batch[Columns.OBS].float())}
 
     def compute_values(self, batch: dict[str, Any], embeddings: Any = None) -> torch.Tensor:
-        return self.value_net(batch[Columns.OBS].float()).squeeze(-1)
+        obs = self.policy.standardize(batch[Columns.OBS].float())
+        return self.value_net(obs).squeeze(-1)

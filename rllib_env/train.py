@@ -7,6 +7,10 @@ moves λ toward the budget (λ ← max(0, λ + dual_lr · (cost − budget))) an
 Everything is logged to MLflow; checkpoints every `training.checkpoint_every` iterations
 (`--resume` continues from the last one); the trained `RouterPolicy` is exported to
 `<output_dir>/policy` and logged as an MLflow artifact.
+
+Before the first iteration, `feature_statistics` routes a sample of training problems at random
+(at the untrained policy's escalation rate) and measures each feature's mean and spread; the
+module standardizes its inputs with them (`training.standardize_features`).
 """
 
 from __future__ import annotations
@@ -30,9 +34,10 @@ from rllib_env.module import RouterRLModule
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LagrangianCallback", "build_ppo_config", "dual_update", "train"]
+__all__ = ["LagrangianCallback", "build_ppo_config", "dual_update", "feature_statistics", "train"]
 
 MODULE_ID = "router"
+STD_FLOOR = 0.05  # a feature (nearly) constant on the sample is centred, not blown up
 
 
 def dual_update(cost_weight: float, measured_cost: float, budget: float, lr: float) -> float:
@@ -87,8 +92,44 @@ class LagrangianCallback(RLlibCallback):
         result["steproute"] = summary
 
 
-def build_ppo_config(cfg: ExperimentConfig, env_extra: dict | None = None) -> PPOConfig:
+def feature_statistics(
+    cfg: ExperimentConfig, engines: dict | None = None, problems: int = 128
+) -> tuple[list[float], list[float]]:
+    """Mean and standard deviation (floored at `STD_FLOOR`) of every observation column, on
+    `problems` training problems routed at random at `training.initial_escalation`, so the
+    trajectory features vary as they will early in training. Engines: the shared named actors
+    (with the step cache) unless given."""
+    import asyncio
+
+    import numpy as np
+
+    from pipeline.cache import StepCache
+    from pipeline.controller import Controller
+    from pipeline.data import load_split
+    from pipeline.engines.launch import start_engines
+    from pipeline.rules import make_rule
+
+    if engines is None:
+        engines = start_engines(cfg.models, use_ray=True, cache=StepCache(cfg.step_cache_dir))
+    sample = load_split(cfg.dataset, "train")[:problems]
+    rule = make_rule("random", p=cfg.training.initial_escalation, seed=cfg.training.seed)
+    states = asyncio.run(Controller(cfg, engines).run(sample, rule))
+    rows = np.asarray([step.features for state in states for step in state.steps])
+    return rows.mean(0).tolist(), np.maximum(rows.std(0), STD_FLOOR).tolist()
+
+
+def build_ppo_config(
+    cfg: ExperimentConfig,
+    env_extra: dict | None = None,
+    feature_stats: tuple[list[float], list[float]] | None = None,
+) -> PPOConfig:
     t = cfg.training
+    model_config = {
+        "hidden_sizes": list(t.hidden_sizes),
+        "initial_escalation": t.initial_escalation,
+    }
+    if feature_stats is not None:
+        model_config |= {"feature_mean": feature_stats[0], "feature_std": feature_stats[1]}
     extra = {
         "training": {
             "cost_weight": t.cost_weight,
@@ -113,10 +154,7 @@ def build_ppo_config(cfg: ExperimentConfig, env_extra: dict | None = None) -> PP
                 rl_module_specs={
                     MODULE_ID: RLModuleSpec(
                         module_class=RouterRLModule,
-                        model_config={
-                            "hidden_sizes": list(t.hidden_sizes),
-                            "initial_escalation": t.initial_escalation,
-                        },
+                        model_config=model_config,
                     )
                 }
             )
@@ -142,6 +180,10 @@ def build_ppo_config(cfg: ExperimentConfig, env_extra: dict | None = None) -> PP
     return config
 
 
+def _rounded(values: list[float]) -> list[float]:
+    return [round(v, 3) for v in values]
+
+
 def _last_checkpoint(folder: Path) -> Path | None:
     checkpoints = sorted(folder.glob("iter_*"))
     return checkpoints[-1] if checkpoints else None
@@ -165,7 +207,11 @@ def train(
     checkpoints.mkdir(parents=True, exist_ok=True)
     if not ray.is_initialized():
         ray.init()
-    config = build_ppo_config(cfg, env_extra)
+    stats = None
+    if cfg.training.standardize_features:  # on resume, the checkpoint's own statistics win
+        stats = feature_statistics(cfg, (env_extra or {}).get("engines"))
+        log.info("feature means %s, spreads %s", _rounded(stats[0]), _rounded(stats[1]))
+    config = build_ppo_config(cfg, env_extra, stats)
     start_iteration = 0
     last = _last_checkpoint(checkpoints) if resume else None
     if resume and last is None:

@@ -16,11 +16,18 @@ from rllib_env.train import train
 
 def test_exported_policy_gives_the_modules_action_probabilities(tmp_path) -> None:
     space = gym.spaces.Box(0.0, 1.0, (NUM_FEATURES,), np.float32)
+    mean, std = torch.rand(NUM_FEATURES), 0.05 + torch.rand(NUM_FEATURES)
     module = RouterRLModule(
         observation_space=space,
         action_space=gym.spaces.Discrete(2),
-        model_config={"hidden_sizes": [16, 16]},
+        model_config={
+            "hidden_sizes": [16, 16],
+            "feature_mean": mean.tolist(),
+            "feature_std": std.tolist(),
+        },
     )
+    with torch.no_grad():  # features that matter: the statistics must travel with the export
+        module.policy.head.weight.normal_()
     obs = torch.rand(32, NUM_FEATURES)
     logits = module.forward_inference({"obs": obs})["action_dist_inputs"]
     loaded = RouterPolicy.load(module.policy.save(tmp_path / "policy"))
@@ -80,3 +87,15 @@ def test_two_env_runners_sample_across_finished_agents(tiny_training_cfg, testbe
     train(parse_config(raw), on_iteration=lambda i, m: seen.append(m), track=False)
     assert len(seen) == 4
     assert sum(m["rollout/problems"] for m in seen) > 0  # problems finished on the runners
+
+
+def test_feature_statistics_describe_the_observations(tiny_training_cfg, testbed_engines) -> None:
+    from pipeline.features import FEATURE_NAMES
+    from rllib_env.train import STD_FLOOR, feature_statistics
+
+    mean, std = feature_statistics(tiny_training_cfg, testbed_engines, problems=24)
+    assert len(mean) == len(std) == NUM_FEATURES
+    assert all(0.0 <= m <= 1.0 for m in mean) and all(s >= STD_FLOOR for s in std)
+    # Questions differ in length, and the random routing escalated some steps.
+    assert std[FEATURE_NAMES.index("traj/prompt_length")] > STD_FLOOR
+    assert mean[FEATURE_NAMES.index("traj/prev_escalated")] > 0.0

@@ -1,0 +1,57 @@
+"""RouterPolicy persistence: input statistics, older exports, and the draft-embedding columns."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from pipeline.features import NUM_FEATURES
+from pipeline.policy import RouterPolicy
+
+
+def _randomized(policy: RouterPolicy) -> RouterPolicy:
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for parameter in policy.parameters():
+            parameter.normal_()
+    return policy
+
+
+def test_standardization_statistics_change_the_output_and_survive_a_save(tmp_path) -> None:
+    policy = _randomized(RouterPolicy((8,)))
+    obs = np.random.default_rng(0).random((16, NUM_FEATURES))
+    raw = policy.escalation_probability(obs)
+    policy.set_feature_statistics(
+        torch.full((NUM_FEATURES,), 0.5), torch.full((NUM_FEATURES,), 0.1)
+    )
+    standardized = policy.escalation_probability(obs)
+    assert not torch.allclose(raw, standardized)
+    loaded = RouterPolicy.load(policy.save(tmp_path / "p"))
+    torch.testing.assert_close(loaded.escalation_probability(obs), standardized)
+
+
+def test_a_policy_saved_without_statistics_loads_unstandardized(tmp_path) -> None:
+    policy = _randomized(RouterPolicy((8,)))
+    folder = policy.save(tmp_path / "old")
+    state = torch.load(folder / "policy.pt", weights_only=True)
+    del state["feature_mean"], state["feature_std"]  # what exports before standardization held
+    torch.save(state, folder / "policy.pt")
+    obs = np.random.default_rng(1).random((4, NUM_FEATURES))
+    torch.testing.assert_close(
+        RouterPolicy.load(folder).escalation_probability(obs), policy.escalation_probability(obs)
+    )
+
+
+def test_an_older_policy_reads_its_own_columns_when_features_were_added(tmp_path) -> None:
+    """Trained on the first NUM_FEATURES - 1 named features plus a 4-wide draft embedding: in
+    today's observation a new named feature sits between those and the embedding."""
+    old = _randomized(RouterPolicy((8,), num_features=NUM_FEATURES - 1 + 4))
+    old.num_named = NUM_FEATURES - 1
+    old_obs = np.random.default_rng(2).random((5, NUM_FEATURES - 1 + 4))
+    with torch.no_grad():  # the network on the observation layout it was trained with
+        expected = 1 - torch.softmax(old(torch.as_tensor(old_obs, dtype=torch.float32)), -1)[:, 0]
+    folder = old.save(tmp_path / "p")
+    new_obs = np.insert(old_obs, NUM_FEATURES - 1, 0.77, axis=1)  # the added feature's column
+    loaded = RouterPolicy.load(folder)
+    assert loaded.num_named == NUM_FEATURES - 1
+    torch.testing.assert_close(loaded.escalation_probability(new_obs), expected)
