@@ -38,7 +38,14 @@ from pipeline.rules import NEVER, RoutingRule, ThresholdRule, make_rule
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EvaluationResult", "evaluate", "evaluate_with", "plot_rule_curves", "summarize"]
+__all__ = [
+    "EvaluationResult",
+    "cost_floor",
+    "evaluate",
+    "evaluate_with",
+    "plot_rule_curves",
+    "summarize",
+]
 
 TESTBED_LABEL = "TESTBED (synthetic arithmetic; not a GSM8K/MATH result)"
 SKIPPED_RULES = {
@@ -186,6 +193,27 @@ def summarize(results: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     return points, pd.DataFrame(summary)
 
 
+def cost_floor(results: pd.DataFrame, target_accuracy: float) -> float | None:
+    """A floor under any step router's normalized cost at `target_accuracy` (None: unreachable).
+
+    A routed run pays for every draft, so at least the small-only cost; a problem the small model
+    gets wrong comes out right only if the large model writes at least one step, and the cheapest
+    large step is its first one (the question's prefill included). Taking the problems with the
+    cheapest first step among those only the large model solves, until the target is reached, gives
+    the least any router could pay: a real router pays more (later steps cost more, and one large
+    step need not repair the problem)."""
+    small = results[results.rule == "small_only"].set_index("problem_id")
+    large = results[results.rule == "large_only"].set_index("problem_id").loc[small.index]
+    missing = math.ceil(round((target_accuracy - small.correct.mean()) * len(small), 9))
+    first_steps = large.trace[large.correct & ~small.correct].map(
+        lambda t: json.loads(t)[0]["cost"]
+    )
+    if missing > len(first_steps):
+        return None
+    cheapest = first_steps.sort_values().iloc[: max(0, missing)].sum()
+    return float((small.cost.sum() + cheapest) / large.cost.sum())
+
+
 def _digest(results: pd.DataFrame) -> str:
     columns = ["rule", "threshold", "problem_id", "correct", "cost", "escalated_steps", "trace"]
     text = results[columns].to_json(orient="records")
@@ -291,6 +319,15 @@ def _report(cfg: ExperimentConfig, result: EvaluationResult, runs: list[dict], l
             f"{fmt(s.get('cpt80'))} | {fmt(s.get('cpt95'))} | {fmt(s['cost_at_large_accuracy'])} "
             f"| {fmt(s['best_accuracy'])} |"
         )
+    acc_large = float(result.points.loc[result.points.rule == "large_only", "accuracy"].iloc[0])
+    floor = cost_floor(result.results, acc_large - 0.01)
+    lines += [
+        "",
+        f"Cost floor at the large model's accuracy minus one point: {fmt(floor)}. No step router "
+        "can reach that accuracy for less: it is the small-only cost plus, for just enough of the "
+        "problems only the large model solves, the large model's first step alone (its prompt "
+        "prefill included) — the cheapest conceivable repair.",
+    ]
     policy_dir = _policy_dir(cfg)
     calibrated = load_operating_points(policy_dir) if policy_dir else []
     if calibrated:
@@ -306,7 +343,6 @@ def _report(cfg: ExperimentConfig, result: EvaluationResult, runs: list[dict], l
             "accuracy here | target met here |",
             "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",
         ]
-        acc_large = float(result.points.loc[result.points.rule == "large_only", "accuracy"].iloc[0])
         for p in calibrated:
             here = policy_points[np.isclose(policy_points.threshold, p.kappa)]
             if here.empty:

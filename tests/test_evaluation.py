@@ -138,3 +138,36 @@ def test_policy_curve_includes_the_calibrated_points_checked_on_this_split(two_r
     assert "Calibrated operating points on this split" in report
     assert "| budget-0.5 | ltt | 0.05 |" in report
     assert "the trained RouterPolicy" in report
+
+
+def _ends(small_correct, large_correct, first_step_costs) -> pd.DataFrame:
+    """small_only / large_only rows: each small run costs 1, each large run 10."""
+    import json
+
+    rows = []
+    for i, (s, ok, first) in enumerate(
+        zip(small_correct, large_correct, first_step_costs, strict=True)
+    ):
+        trace = json.dumps([{"cost": first}, {"cost": 10 - first}])
+        rows.append({"rule": "small_only", "problem_id": f"p{i}", "correct": s, "cost": 1.0})
+        rows.append(
+            {
+                "rule": "large_only",
+                "problem_id": f"p{i}",
+                "correct": ok,
+                "cost": 10.0,
+                "trace": trace,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def test_cost_floor_repairs_the_cheapest_problems_only_the_large_model_solves() -> None:
+    from pipeline.evaluation import cost_floor
+
+    results = _ends([True, True, False, False], [True, True, True, True], [2, 2, 5, 3])
+    assert cost_floor(results, 0.5) == pytest.approx(4 / 40)  # small-only already there
+    assert cost_floor(results, 0.75) == pytest.approx((4 + 3) / 40)  # the cheaper repair
+    assert cost_floor(results, 1.0) == pytest.approx((4 + 3 + 5) / 40)
+    unsolvable = _ends([True, True, False, False], [True, True, True, False], [2, 2, 5, 3])
+    assert cost_floor(unsolvable, 1.0) is None  # the large model solves one of the two only
