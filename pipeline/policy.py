@@ -41,12 +41,15 @@ class RouterPolicy(nn.Module):
         hidden_sizes: tuple[int, ...] = (64, 64),
         num_actions: int = 2,
         num_features: int = NUM_FEATURES,
+        num_named: int | None = None,
     ) -> None:
         super().__init__()
         self.hidden_sizes = tuple(hidden_sizes)
         self.num_actions = num_actions
         self.num_features = num_features
-        self.num_named = min(num_features, NUM_FEATURES)  # named features among the inputs
+        # Named features among the inputs (the rest: a draft embedding); fewer than today's
+        # FEATURE_NAMES for a policy trained before features were appended.
+        self.num_named = min(num_features, NUM_FEATURES) if num_named is None else num_named
         self.body, width = mlp_body(num_features, self.hidden_sizes)
         self.head = nn.Linear(width, num_actions)  # logits: action 0 = keep the draft
         self.register_buffer("feature_mean", torch.zeros(num_features))
@@ -70,10 +73,10 @@ class RouterPolicy(nn.Module):
         # The named features this policy knows come first; features named after it was trained
         # are skipped; a draft embedding (the columns after all named ones) follows.
         embedding = self.num_features - self.num_named
-        obs = torch.cat(
-            [obs[:, : self.num_named], obs[:, NUM_FEATURES : NUM_FEATURES + embedding]], 1
-        )
-        return 1.0 - torch.softmax(self(obs), dim=-1)[:, 0]
+        inputs = obs[:, : self.num_named]
+        if embedding:
+            inputs = torch.cat([inputs, obs[:, NUM_FEATURES : NUM_FEATURES + embedding]], 1)
+        return 1.0 - torch.softmax(self(inputs), dim=-1)[:, 0]
 
     # ------------------------------------------------------------------ hand-set baseline
 
@@ -127,8 +130,7 @@ class RouterPolicy(nn.Module):
                 f"this version's FEATURE_NAMES prefix; retrain it"
             )
         width = int(meta.get("num_features", len(names)))
-        policy = cls(tuple(meta["hidden_sizes"]), meta["num_actions"], width)
-        policy.num_named = len(names)
+        policy = cls(tuple(meta["hidden_sizes"]), meta["num_actions"], width, len(names))
         state = torch.load(folder / "policy.pt", weights_only=True)
         # Policies saved before inputs were standardized have no statistics: identity.
         state = {"feature_mean": policy.feature_mean, "feature_std": policy.feature_std} | state

@@ -207,15 +207,16 @@ def train(
     checkpoints.mkdir(parents=True, exist_ok=True)
     if not ray.is_initialized():
         ray.init()
+    last = _last_checkpoint(checkpoints) if resume else None
+    if resume and last is None:
+        log.warning("--resume: no checkpoint under %s; starting fresh", checkpoints)
     stats = None
-    if cfg.training.standardize_features:  # on resume, the checkpoint's own statistics win
+    # A resumed module restores its statistics with its weights: measure them on a fresh start only.
+    if cfg.training.standardize_features and last is None:
         stats = feature_statistics(cfg, (env_extra or {}).get("engines"))
         log.info("feature means %s, spreads %s", _rounded(stats[0]), _rounded(stats[1]))
     config = build_ppo_config(cfg, env_extra, stats)
     start_iteration = 0
-    last = _last_checkpoint(checkpoints) if resume else None
-    if resume and last is None:
-        log.warning("--resume: no checkpoint under %s; starting fresh", checkpoints)
     if last is not None:
         state = json.loads((last / "steproute.json").read_text())
         start_iteration = state["iteration"]

@@ -45,8 +45,9 @@ def test_a_policy_saved_without_statistics_loads_unstandardized(tmp_path) -> Non
 def test_an_older_policy_reads_its_own_columns_when_features_were_added(tmp_path) -> None:
     """Trained on the first NUM_FEATURES - 1 named features plus a 4-wide draft embedding: in
     today's observation a new named feature sits between those and the embedding."""
-    old = _randomized(RouterPolicy((8,), num_features=NUM_FEATURES - 1 + 4))
-    old.num_named = NUM_FEATURES - 1
+    old = _randomized(
+        RouterPolicy((8,), num_features=NUM_FEATURES - 1 + 4, num_named=NUM_FEATURES - 1)
+    )
     old_obs = np.random.default_rng(2).random((5, NUM_FEATURES - 1 + 4))
     with torch.no_grad():  # the network on the observation layout it was trained with
         expected = 1 - torch.softmax(old(torch.as_tensor(old_obs, dtype=torch.float32)), -1)[:, 0]
