@@ -21,6 +21,7 @@ output).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -30,7 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pipeline.config import ExperimentConfig, ModelConfig
-from pipeline.cost import step_cost
+from pipeline.cost import Charge, ProcessedTokens, available_cost_models, call_cost
 from pipeline.data import Problem
 from pipeline.engines.types import StepEngine, StepRequest, StepResult
 from pipeline.features import TrajectoryStats, draft_stats, feature_vector, text_embedding
@@ -66,7 +67,11 @@ class ReasoningState:
     contexts: dict[str, list[int]]  # per model: prompt + kept steps, as that model's token ids
     prompt_lengths: dict[str, int]
     steps: list[StepRecord] = field(default_factory=list)
-    cost: float = 0.0
+    cost: float = 0.0  # under routing.cost_model
+    # The trajectory's total under every cost model the ladder has inputs for (reports).
+    costs: dict[str, float] = field(default_factory=dict)
+    # Per model: the tokens it has processed in this trajectory (what its KV cache would hold).
+    processed: dict[str, ProcessedTokens] = field(default_factory=dict)
     done: bool = False
     stop_reason: str | None = None  # answer | eos | max_steps | max_tokens
     final_answer: str | None = None
@@ -96,6 +101,10 @@ class Observation:
     problem_ids: tuple[str, ...]
     step_indices: tuple[int, ...]
     verifier_mean_logprob: np.ndarray | None = None  # the large model's score of each draft
+    # Texts, for rules that read them (the testbed's `oracle` grades each draft).
+    questions: tuple[str, ...] = ()
+    steps_so_far: tuple[tuple[str, ...], ...] = ()  # each trajectory's kept steps
+    draft_texts: tuple[str, ...] = ()
 
 
 class Controller:
@@ -118,6 +127,7 @@ class Controller:
         first = self.tokenizers[self.small].get_vocab()
         self._shared_vocab = all(t.get_vocab() == first for t in self.tokenizers.values())
         self.benchmark = cfg.dataset.name
+        self.cost_models = available_cost_models(cfg.models)
         # The scale of the cost feature: the budget per problem when one is set in absolute
         # terms is unknown here, so features use the large model's cost of max_steps steps.
         self.cost_scale = self._cost_scale()
@@ -153,12 +163,21 @@ class Controller:
     async def _generate(self, states: Sequence[ReasoningState], model: str) -> list[StepResult]:
         requests = [self._request(s, model) for s in states]
         results = await self.engines[model].generate_batch(requests)
-        for state, result in zip(states, results, strict=True):
-            self._pay(state, model, result)
+        for state, request, result in zip(states, requests, results, strict=True):
+            self._pay(state, model, request.prompt_token_ids, result)
         return results
 
-    def _pay(self, state: ReasoningState, model: str, result: StepResult) -> None:
-        cost = step_cost(self.cfg.routing.cost_model, self.by_name[model], result)
+    def _pay(
+        self, state: ReasoningState, model: str, context: Sequence[int], result: StepResult
+    ) -> None:
+        """Charge `model`'s call on `context` to the trajectory (pipeline.cost): prefill for
+        what this model has not processed in this trajectory, decode for what it generated."""
+        processed = state.processed.setdefault(model, ProcessedTokens())
+        charge = processed.charge(context, result.token_ids, drafting=model == self.small)
+        config = self.by_name[model]
+        for name in self.cost_models:
+            state.costs[name] = state.costs.get(name, 0.0) + call_cost(name, config, charge)
+        cost = call_cost(self.cfg.routing.cost_model, config, charge)
         state.cost += cost
         state.cost_by_model[model] = state.cost_by_model.get(model, 0.0) + cost
         state.tokens_by_model[model] = state.tokens_by_model.get(model, 0) + len(result.token_ids)
@@ -194,8 +213,8 @@ class Controller:
             )
         results = await self.engines[model].generate_batch(requests)
         scores = np.zeros(len(states))
-        for i, (state, result) in enumerate(zip(states, results, strict=True)):
-            self._pay(state, model, result)
+        for i, (state, request, result) in enumerate(zip(states, requests, results, strict=True)):
+            self._pay(state, model, request.prompt_token_ids, result)
             finite = [lp for lp in result.prompt_logprobs if math.isfinite(lp)]
             scores[i] = sum(finite) / len(finite) if finite else 0.0
         return scores
@@ -231,6 +250,9 @@ class Controller:
             features=np.asarray(rows, dtype=np.float32).reshape(len(rows), -1),
             problem_ids=tuple(s.problem.id for s in states),
             step_indices=tuple(len(s.steps) for s in states),
+            questions=tuple(s.problem.question for s in states),
+            steps_so_far=tuple(tuple(step.text for step in s.steps) for s in states),
+            draft_texts=tuple(d.text for d in drafts),
         )
 
     def advance(
@@ -309,7 +331,7 @@ class Controller:
         obs = self.observe(states, drafts)
         if getattr(rule, "needs_verifier", False):
             verifier = await self.verify(states, drafts, self.large)
-            obs = Observation(obs.features, obs.problem_ids, obs.step_indices, verifier)
+            obs = dataclasses.replace(obs, verifier_mean_logprob=verifier)
         actions, scores = rule.decide_with_scores(obs)
         actions = np.asarray(actions, dtype=np.int64)
         if getattr(rule, "num_actions", 2) != len(self.models):
@@ -378,9 +400,8 @@ class Controller:
     def _cost_scale(self) -> float:
         large = self.by_name[self.large]
         tokens = self.cfg.routing.max_steps * large.sampling.max_step_tokens
-        fake = StepResult(token_ids=(0,) * tokens, text="", token_logprobs=())
         try:
-            return step_cost(self.cfg.routing.cost_model, large, fake)
+            return call_cost(self.cfg.routing.cost_model, large, Charge(0, 0, tokens))
         except ValueError:
             return 0.0
 

@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "EvaluationResult",
-    "cost_floor",
+    "operating_points",
     "evaluate",
     "evaluate_with",
     "plot_rule_curves",
@@ -90,6 +90,7 @@ def _rows(
                 "problem_id": state.problem.id,
                 "correct": controller.is_correct(state),
                 "cost": state.cost,
+                **{f"cost_{name}": value for name, value in sorted(state.costs.items())},
                 "steps": len(state.steps),
                 "escalations": state.escalations,
                 "escalated_steps": [i for i, s in enumerate(state.steps) if s.escalated],
@@ -144,7 +145,10 @@ async def evaluate_with(
             await run(rule, math.nan)
             continue
         probe = await run(rule.with_threshold(NEVER), NEVER)
-        thresholds = set(_thresholds(probe, ev.escalation_targets))
+        if rule.thresholds:  # a rule with operating points of its own (the oracle)
+            thresholds = set(rule.thresholds) | {0.0}
+        else:
+            thresholds = set(_thresholds(probe, ev.escalation_targets))
         if name == "policy" and policy_dir:  # the calibrated operating points, too
             thresholds |= {p.kappa for p in load_operating_points(policy_dir)}
         for threshold in sorted(thresholds, reverse=True):
@@ -164,54 +168,64 @@ def _policy_dir(cfg: ExperimentConfig) -> Path | None:
 # ---------------------------------------------------------------------------- metrics
 
 
-def summarize(results: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Operating points (accuracy, cost, escalation rate) and per-rule curve metrics."""
-    large_cost = results.loc[results.rule == "large_only", "cost"].mean()
+def operating_points(results: pd.DataFrame, cost_column: str = "cost") -> pd.DataFrame:
+    """One row per (rule, threshold): accuracy, mean cost under `cost_column`, normalized by the
+    large-only mean cost of the same problems, and the escalation rate."""
+    large_cost = results.loc[results.rule == "large_only", cost_column].mean()
     grouped = results.groupby(["rule", "threshold"], dropna=False, sort=False)
     points = grouped.agg(
         accuracy=("correct", "mean"),
-        cost=("cost", "mean"),
+        cost=(cost_column, "mean"),
         steps=("steps", "sum"),
         escalations=("escalations", "sum"),
         problems=("problem_id", "count"),
     ).reset_index()
     points["cost_normalized"] = points["cost"] / large_cost
     points["escalation_rate"] = points["escalations"] / points["steps"].clip(lower=1)
-    acc_small = float(points.loc[points.rule == "small_only", "accuracy"].iloc[0])
-    acc_large = float(points.loc[points.rule == "large_only", "accuracy"].iloc[0])
+    return points
+
+
+def _curves(points: pd.DataFrame) -> dict[str, list[tuple[float, float]]]:
+    return {
+        rule: list(zip(group.cost_normalized, group.accuracy, strict=True))
+        for rule, group in points.groupby("rule", sort=False)
+    }
+
+
+def _ends(points: pd.DataFrame) -> tuple[float, float, float]:
+    """Small-only accuracy, large-only accuracy and small-only normalized cost."""
+    small = points[points.rule == "small_only"].iloc[0]
+    large = points[points.rule == "large_only"].iloc[0]
+    return float(small.accuracy), float(large.accuracy), float(small.cost_normalized)
+
+
+def summarize(results: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Operating points under the configured cost model (the `cost` column) and per-rule curve
+    metrics (pipeline.metrics). Each `cost_<model>` column the results carry adds that cost
+    model's cost@large (`cost_at_large_accuracy/<model>`)."""
+    points = operating_points(results)
+    acc_small, acc_large, small_cost = _ends(points)
+    others = {
+        column.removeprefix("cost_"): _curves(operating_points(results, column))
+        for column in results.columns
+        if column.startswith("cost_")
+    }
     summary = []
-    for rule, group in points.groupby("rule", sort=False):
-        curve = list(zip(group.cost_normalized, group.accuracy, strict=True))
-        row = {"rule": rule, "points": len(group), "auc": metrics.auc(curve)}
+    for rule, curve in _curves(points).items():
+        row = {"rule": rule, "points": len(curve)}
+        row["auc"] = metrics.auc(curve, acc_small, small_cost)
         if acc_large != acc_small:
-            row["apgr"] = metrics.apgr(curve, acc_small, acc_large)
+            row["apgr"] = metrics.apgr(curve, acc_small, acc_large, small_cost)
             for pct in (50, 80, 95):
                 row[f"cpt{pct}"] = metrics.cpt(curve, acc_small, acc_large, pct / 100)
         row["cost_at_large_accuracy"] = metrics.cost_at_accuracy(curve, acc_large - 0.01)
+        for name, curves in others.items():
+            row[f"cost_at_large_accuracy/{name}"] = metrics.cost_at_accuracy(
+                curves[rule], acc_large - 0.01
+            )
         row["best_accuracy"] = max(a for _, a in curve)
         summary.append(row)
     return points, pd.DataFrame(summary)
-
-
-def cost_floor(results: pd.DataFrame, target_accuracy: float) -> float | None:
-    """A floor under any step router's normalized cost at `target_accuracy` (None: unreachable).
-
-    A routed run pays for every draft, so at least the small-only cost; a problem the small model
-    gets wrong comes out right only if the large model writes at least one step, and the cheapest
-    large step is its first one (the question's prefill included). Taking the problems with the
-    cheapest first step among those only the large model solves, until the target is reached, gives
-    the least any router could pay: a real router pays more (later steps cost more, and one large
-    step need not repair the problem)."""
-    small = results[results.rule == "small_only"].set_index("problem_id")
-    large = results[results.rule == "large_only"].set_index("problem_id").loc[small.index]
-    missing = math.ceil(round((target_accuracy - small.correct.mean()) * len(small), 9))
-    first_steps = large.trace[large.correct & ~small.correct].map(
-        lambda t: json.loads(t)[0]["cost"]
-    )
-    if missing > len(first_steps):
-        return None
-    cheapest = first_steps.sort_values().iloc[: max(0, missing)].sum()
-    return float((small.cost.sum() + cheapest) / large.cost.sum())
 
 
 def _digest(results: pd.DataFrame) -> str:
@@ -306,9 +320,13 @@ def _report(cfg: ExperimentConfig, result: EvaluationResult, runs: list[dict], l
         "",
         "## Curve metrics",
         "",
-        "AUC: area under accuracy vs normalized cost on [0, 1]. APGR and CPT(x %) as RouteLLM "
-        "defines them, on the normalized-cost axis. Cost@large: lowest normalized cost reaching "
-        "the large model's accuracy minus one point.",
+        "Costs under the configured cost model. APGR: RouteLLM's average performance gap "
+        "recovered, the area under PGR over the cost range from small-only to large-only "
+        "(normalized to [0, 1]; a straight line between the two scores 0.5). AUC: the area "
+        "under accuracy over the same range. A rule with one operating point has no curve (—). "
+        "CPT(x %) and cost@large are normalized costs (fraction of large-only cost): the "
+        "lowest at which PGR reaches x %, and at which accuracy reaches the large model's "
+        "minus one point. `oracle` (testbed only) is the upper reference, not a baseline.",
         "",
         "| rule | AUC | APGR | CPT50 | CPT80 | CPT95 | cost@large | best accuracy |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
@@ -320,14 +338,27 @@ def _report(cfg: ExperimentConfig, result: EvaluationResult, runs: list[dict], l
             f"| {fmt(s['best_accuracy'])} |"
         )
     acc_large = float(result.points.loc[result.points.rule == "large_only", "accuracy"].iloc[0])
-    floor = cost_floor(result.results, acc_large - 0.01)
-    lines += [
-        "",
-        f"Cost floor at the large model's accuracy minus one point: {fmt(floor)}. No step router "
-        "can reach that accuracy for less: it is the small-only cost plus, for just enough of the "
-        "problems only the large model solves, the large model's first step alone (its prompt "
-        "prefill included) — the cheapest conceivable repair.",
+    models = [
+        c.split("/", 1)[1]
+        for c in result.summary.columns
+        if c.startswith("cost_at_large_accuracy/")
     ]
+    if models:
+        lines += [
+            "",
+            "## cost@large under every cost model",
+            "",
+            "Normalized cost at which each rule first reaches the large model's accuracy minus "
+            "one point, under each cost model (pipeline/cost.py): `flops` (2 × parameters per "
+            "processed token), `price` (input, cached-input and output prices per token), "
+            "`tokens` (the large model's generated tokens, as TRIM counts them).",
+            "",
+            "| rule | " + " | ".join(models) + " |",
+            "| --- |" + " ---: |" * len(models),
+        ]
+        for s in result.summary.to_dict("records"):
+            values = " | ".join(fmt(s.get(f"cost_at_large_accuracy/{m}")) for m in models)
+            lines.append(f"| {s['rule']} | {values} |")
     policy_dir = _policy_dir(cfg)
     calibrated = load_operating_points(policy_dir) if policy_dir else []
     if calibrated:
@@ -366,8 +397,11 @@ def _report(cfg: ExperimentConfig, result: EvaluationResult, runs: list[dict], l
             else "the hand-set linear RouterPolicy (no trained policy found)"
         )
         + ". `large_only` makes no drafts; every other rule pays for each draft. "
-        "`large_likelihood` asks the large model for prompt logprobs of each draft, which vLLM "
-        "computes without its prefix cache: each verification pays for the whole context.",
+        "`large_likelihood` asks the large model for prompt logprobs of each draft and pays "
+        "for it like any call: prefill of the context the large model has not processed in "
+        "this trajectory, plus the draft. Costs are computed from each trajectory alone "
+        "(pipeline/cost.py), never from the engines' prefix caches, so they do not depend on "
+        "what ran before.",
     ]
     if result.skipped:
         lines += ["", "## Not run", ""]

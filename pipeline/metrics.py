@@ -1,22 +1,31 @@
-"""Accuracy–cost curve metrics (pure functions; the evaluation harness and Tune use them).
+"""Accuracy–cost curve metrics, as RouteLLM defines them (pure functions).
 
-A curve is a list of operating points (normalized cost, accuracy), cost as a fraction of the
-large-only cost of the same problems. Between points the curve is linear; outside them it is
-held flat (numpy `interp` semantics), and areas are taken over normalized cost in [0, 1].
+A curve is a rule's operating points (normalized cost, accuracy), cost as a fraction of the
+large-only cost of the same problems. The range that matters runs from the small-only cost to the
+large-only cost (1.0): `x = (cost − small_cost) / (1 − small_cost)` maps it to [0, 1], as
+RouteLLM's x axis runs from "every call to the weak model" to "every call to the strong one".
 
-- `auc`: area under accuracy vs normalized cost on [0, 1].
-- PGR (performance gap recovered, RouteLLM) of a point: (acc − acc_small) / (acc_large −
-  acc_small). `apgr`: area under PGR vs normalized cost on [0, 1] — RouteLLM's APGR with the
-  share of calls to the strong model replaced by normalized cost, which is what stepwise routing
-  spends.
-- `cpt(x)`: call-performance threshold — the lowest normalized cost at which the curve's PGR
-  first reaches x (RouteLLM's CPT(x %), again on the cost axis). NaN if never.
-- `cost_at_accuracy`: lowest normalized cost at which the curve first reaches an accuracy
-  (the harness asks for the large model's accuracy minus one point). NaN if never.
+- PGR (performance gap recovered) of a point: (acc − acc_small) / (acc_large − acc_small).
+- `apgr`: the area under PGR over x in [0, 1]. A straight line from small-only to large-only
+  scores 0.5; the ideal router (large accuracy at small cost) scores 1.
+- `auc`: the area under accuracy over the same x in [0, 1].
+- `cpt(f)`: the lowest normalized cost at which PGR first reaches f (NaN if never).
+- `cost_at_accuracy`: the lowest normalized cost at which accuracy first reaches a value (the
+  reports ask for the large model's accuracy minus one point; NaN if never).
+
+Between points the curve is linear. Outside a rule's own points, over [0, 1]:
+- left of its cheapest point, it scores PGR 0 (accuracy = small-only): nothing it can run costs
+  less, and small-only is where every router starts;
+- right of its most expensive point it is held flat: with more budget, the rule can still run
+  its most expensive point;
+- points beyond x = 1 (e.g. escalating every draft, drafts paid on top of large-only cost)
+  shape the curve up to x = 1 by interpolation and are not integrated beyond it.
+A rule with a single operating point has no curve: `apgr` and `auc` return NaN ("—").
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -31,19 +40,32 @@ def _sorted(points: Sequence[Point]) -> tuple[np.ndarray, np.ndarray]:
     if not points:
         raise ValueError("a curve needs at least one operating point")
     ordered = sorted((float(c), float(a)) for c, a in points)
-    costs, accs = zip(*ordered, strict=True)
-    return np.asarray(costs), np.asarray(accs)
+    costs, values = zip(*ordered, strict=True)
+    return np.asarray(costs), np.asarray(values)
 
 
-def _area(costs: np.ndarray, values: np.ndarray) -> float:
-    """Integral over [0, 1] of the piecewise-linear, flat-extended curve."""
-    grid = np.unique(np.clip(np.concatenate([[0.0, 1.0], costs]), 0.0, 1.0))
-    return float(np.trapezoid(np.interp(grid, costs, values), grid))
+def _x(costs: np.ndarray, small_cost: float) -> np.ndarray:
+    if not 0 <= small_cost < 1:
+        raise ValueError(f"small-only cost must be in [0, 1) of large-only cost (got {small_cost})")
+    return (costs - small_cost) / (1.0 - small_cost)
 
 
-def auc(points: Sequence[Point]) -> float:
-    costs, accs = _sorted(points)
-    return _area(costs, accs)
+def _area(xs: np.ndarray, ys: np.ndarray, left: float) -> float:
+    """Integral over x in [0, 1] of the piecewise-linear curve through (xs, ys) (sorted by x):
+    `left` before its first point, flat after its last."""
+    # Constant `left` up to the first point (then a jump to it), flat after the last one.
+    knots_x = [0.0, float(xs[0]), *xs.tolist(), max(1.0, float(xs[-1]))]
+    knots_y = [left, left, *ys.tolist(), float(ys[-1])]
+    area = 0.0
+    knots = list(zip(knots_x, knots_y, strict=True))
+    for (x0, y0), (x1, y1) in itertools.pairwise(knots):
+        a, b = max(x0, 0.0), min(x1, 1.0)
+        if b <= a or x1 == x0:
+            continue
+        slope = (y1 - y0) / (x1 - x0)
+        ya, yb = y0 + slope * (a - x0), y0 + slope * (b - x0)
+        area += (ya + yb) / 2 * (b - a)
+    return float(area)
 
 
 def pgr(accuracy: float, small_accuracy: float, large_accuracy: float) -> float:
@@ -53,10 +75,21 @@ def pgr(accuracy: float, small_accuracy: float, large_accuracy: float) -> float:
     return (accuracy - small_accuracy) / gap
 
 
-def apgr(points: Sequence[Point], small_accuracy: float, large_accuracy: float) -> float:
+def apgr(
+    points: Sequence[Point], small_accuracy: float, large_accuracy: float, small_cost: float
+) -> float:
     costs, accs = _sorted(points)
+    if len(costs) < 2:
+        return math.nan
     gains = np.asarray([pgr(a, small_accuracy, large_accuracy) for a in accs])
-    return _area(costs, gains)
+    return _area(_x(costs, small_cost), gains, left=0.0)
+
+
+def auc(points: Sequence[Point], small_accuracy: float, small_cost: float) -> float:
+    costs, accs = _sorted(points)
+    if len(costs) < 2:
+        return math.nan
+    return _area(_x(costs, small_cost), accs, left=small_accuracy)
 
 
 def _first_crossing(costs: np.ndarray, values: np.ndarray, target: float) -> float:

@@ -91,3 +91,19 @@ def test_truncated_last_shard_is_skipped_earlier_one_is_an_error(tmp_path: Path)
 def test_missing_folder_is_created_empty(tmp_path: Path) -> None:
     cache = StepCache(tmp_path / "new" / "cache")
     assert len(cache) == 0 and (tmp_path / "new" / "cache").is_dir()
+
+
+def test_retrained_weights_at_the_same_path_change_the_fingerprint(tmp_path) -> None:
+    from pipeline.engines.types import model_fingerprint
+
+    folder = tmp_path / "small"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"old weights")
+    before = model_fingerprint(str(folder), None, "float32")
+    assert model_fingerprint(str(folder), None, "float32") == before
+    (folder / "model.safetensors").write_bytes(b"new weights")
+    assert model_fingerprint(str(folder), None, "float32") != before
+    assert (
+        model_fingerprint("Qwen/Qwen2.5-Math-1.5B", None, "auto")
+        == "Qwen/Qwen2.5-Math-1.5B@main:auto"
+    )

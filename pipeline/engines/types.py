@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 
@@ -57,8 +58,29 @@ class StepResult:
 
 def model_fingerprint(path: str, revision: str | None, dtype: str) -> str:
     """What identifies a model's outputs (the step cache keys on it): weights + revision + dtype.
-    `path` is the name the config gives, so a checkout's location does not change it."""
-    return f"{path}@{revision or 'main'}:{dtype}"
+
+    `path` is the name the config gives, so a checkout's location does not change it. A local
+    folder adds a digest of its contents (small files hashed, large ones by name and size), so
+    retrained weights at the same path never read an older model's cached steps."""
+    return f"{path}@{revision or 'main'}:{dtype}{_folder_digest(path)}"
+
+
+_HASHED_BYTES = 64 * 2**20  # larger files (real checkpoints) are identified by name and size
+
+
+def _folder_digest(path: str) -> str:
+    folder = Path(path)
+    if not folder.is_dir():
+        return ""  # a hub id: the revision identifies it
+    digest = hashlib.sha256()
+    for file in sorted(folder.iterdir()):
+        if not file.is_file():
+            continue
+        size = file.stat().st_size
+        digest.update(f"{file.name}:{size}".encode())
+        if size <= _HASHED_BYTES:
+            digest.update(file.read_bytes())
+    return "#" + digest.hexdigest()[:12]
 
 
 class StepEngine(Protocol):
