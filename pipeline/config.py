@@ -78,7 +78,12 @@ class CostConfig(_Frozen):
     """Inputs of the cost models: parameter count for `flops`, per-token prices for `price`."""
 
     parameters: float | None = Field(None, gt=0, description="Model parameters (for flops).")
-    input_price_per_token: float | None = Field(None, ge=0, description="Price of a prompt token.")
+    input_price_per_token: float | None = Field(
+        None, ge=0, description="Price of a prompt token the model has not processed yet."
+    )
+    cached_input_price_per_token: float | None = Field(
+        None, ge=0, description="Price of a prompt token read from cache (default: input price)."
+    )
     output_price_per_token: float | None = Field(
         None, ge=0, description="Price of an output token."
     )
@@ -361,6 +366,15 @@ class ExperimentConfig(_Frozen):
                     f"models[{i}] ('{model.name}'): cost model 'price' needs "
                     "cost.input_price_per_token and cost.output_price_per_token"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _oracle_needs_the_testbed(self) -> ExperimentConfig:
+        if "oracle" in self.evaluation.rules and self.dataset.name != "testbed":
+            raise ValueError(
+                "evaluation.rules: 'oracle' grades each draft with the testbed's step grader and "
+                f"runs on the testbed only (dataset.name is '{self.dataset.name}'); remove it"
+            )
         return self
 
     def with_absolute_paths(self, models: bool = True) -> ExperimentConfig:

@@ -31,7 +31,16 @@ log = logging.getLogger(__name__)
 __all__ = ["STAGES", "StageResult", "run_pipeline", "stage_hash"]
 
 STAGES = ("baselines", "train", "calibrate", "evaluate")
-BASELINE_RULES = ("small_only", "large_only", "random", "confidence_threshold", "large_likelihood")
+# The rules the baselines stage runs (those the config lists): the handcrafted baselines and,
+# on the testbed, the oracle, the upper reference.
+BASELINE_RULES = (
+    "small_only",
+    "large_only",
+    "random",
+    "confidence_threshold",
+    "large_likelihood",
+    "oracle",
+)
 
 # The config sections each stage reads (besides what the stages before it produced).
 _SECTIONS = {

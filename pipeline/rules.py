@@ -13,6 +13,12 @@ largest model of the ladder (action K-1).
 | `large_likelihood` | 1 - exp(mean logprob of the draft under the large model) (SpecReason-like) |
 | `prm_threshold` | 1 - process reward of the draft (RSD-like; needs a PRM model) |
 | `policy` | p(escalate) of a `RouterPolicy`; the threshold is the calibrated kappa |
+| `oracle` | testbed only: a wrong draft (by the step grader) scores a draw in (0, 1] per problem, a right one 0 |
+
+`oracle` is the upper reference, not a baseline: it escalates exactly the drafts that
+`pipeline.testbed.tasks.grade_step` marks wrong, and its threshold picks the share of problems it
+repairs (threshold t: problems whose draw is >= t), so its curve runs from small-only through
+"every wrong draft escalated" (the smallest positive threshold) to always-escalate (0).
 """
 
 from __future__ import annotations
@@ -88,6 +94,10 @@ class LargeOnly(RoutingRule):
 
 
 class ThresholdRule(RoutingRule):
+    # Operating points of the rule's own; empty: the evaluation sets thresholds at quantiles of
+    # the small-only trajectory's scores.
+    thresholds: ClassVar[tuple[float, ...]] = ()
+
     def __init__(self, threshold: float = 0.5) -> None:
         self.threshold = float(threshold)
 
@@ -121,11 +131,12 @@ class RandomRule(ThresholdRule):
         self.seed = seed
 
     def scores(self, obs: Observation) -> np.ndarray:
-        draws = []
-        for problem_id, step in zip(obs.problem_ids, obs.step_indices, strict=True):
-            digest = hashlib.sha256(f"{self.seed}|{problem_id}|{step}".encode()).digest()
-            draws.append(int.from_bytes(digest[:8], "big") / 2**64)
-        return np.asarray(draws)
+        return np.asarray(
+            [
+                _draw(self.seed, problem_id, step)
+                for problem_id, step in zip(obs.problem_ids, obs.step_indices, strict=True)
+            ]
+        )
 
 
 @register("confidence_threshold")
@@ -144,6 +155,56 @@ class LargeLikelihood(ThresholdRule):
         if obs.verifier_mean_logprob is None:
             raise ValueError("large_likelihood needs the verifier's scores in the observation")
         return 1.0 - np.exp(obs.verifier_mean_logprob)
+
+
+def _draw(*parts: object) -> float:
+    """A uniform draw in [0, 1) fixed by `parts` (no state: the same inputs, the same draw)."""
+    digest = hashlib.sha256("|".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+@register("oracle")
+class OracleRule(ThresholdRule):
+    """Escalates the drafts the testbed's step grader marks wrong (in a share of problems)."""
+
+    # Its own operating points: repair 20 %, 40 %, ... of the problems, then every one.
+    thresholds: ClassVar[tuple[float, ...]] = (0.8, 0.6, 0.4, 0.2, 1e-9)
+
+    def __init__(self, threshold: float = 1e-9, seed: int = 0, repairs: int | None = None) -> None:
+        """`repairs`: escalate at most this many wrong drafts per problem (None: all of them);
+        the testbed report's repair rate escalates only the first."""
+        super().__init__(threshold)
+        self.seed = seed
+        self.repairs = repairs
+        self._repaired: dict[str, int] = {}
+
+    def scores(self, obs: Observation) -> np.ndarray:
+        from pipeline.testbed.tasks import grade_step
+
+        if not obs.draft_texts:
+            raise ValueError("the oracle needs the drafts' texts in the observation")
+        scores = np.zeros(len(obs.draft_texts))
+        for i, (question, previous, draft) in enumerate(
+            zip(obs.questions, obs.steps_so_far, obs.draft_texts, strict=True)
+        ):
+            if not grade_step(question, list(previous), draft):
+                scores[i] = 1.0 - _draw(self.seed, obs.problem_ids[i])
+        return scores
+
+    def with_threshold(self, threshold: float) -> OracleRule:
+        clone = super().with_threshold(threshold)
+        clone._repaired = {}  # a new run counts its own repairs
+        return clone
+
+    def decide_with_scores(self, obs: Observation) -> tuple[np.ndarray, np.ndarray]:
+        actions, scores = super().decide_with_scores(obs)
+        if self.repairs is not None:
+            for i, problem_id in enumerate(obs.problem_ids):
+                if actions[i] and self._repaired.get(problem_id, 0) >= self.repairs:
+                    actions[i] = 0
+                elif actions[i]:
+                    self._repaired[problem_id] = self._repaired.get(problem_id, 0) + 1
+        return actions, scores
 
 
 @register("prm_threshold")

@@ -99,3 +99,10 @@ def test_configs_are_frozen() -> None:
     cfg = load_config(REPO / "configs" / "testbed.yaml")
     with pytest.raises(Exception):  # noqa: B017 - pydantic raises ValidationError on frozen
         cfg.routing.max_steps = 3  # type: ignore[misc]
+
+
+def test_the_oracle_rule_is_refused_outside_the_testbed(tmp_path: Path) -> None:
+    data = _minimal()
+    data["evaluation"] = {"rules": ["small_only", "large_only", "oracle"]}
+    with pytest.raises(ConfigError, match="'oracle' grades each draft with the testbed"):
+        load_config(_write(tmp_path, data))

@@ -22,6 +22,7 @@ RULES = [
     "random",
     "policy",
     "prm_threshold",
+    "oracle",
 ]
 
 
@@ -140,34 +141,18 @@ def test_policy_curve_includes_the_calibrated_points_checked_on_this_split(two_r
     assert "the trained RouterPolicy" in report
 
 
-def _ends(small_correct, large_correct, first_step_costs) -> pd.DataFrame:
-    """small_only / large_only rows: each small run costs 1, each large run 10."""
-    import json
-
-    rows = []
-    for i, (s, ok, first) in enumerate(
-        zip(small_correct, large_correct, first_step_costs, strict=True)
-    ):
-        trace = json.dumps([{"cost": first}, {"cost": 10 - first}])
-        rows.append({"rule": "small_only", "problem_id": f"p{i}", "correct": s, "cost": 1.0})
-        rows.append(
-            {
-                "rule": "large_only",
-                "problem_id": f"p{i}",
-                "correct": ok,
-                "cost": 10.0,
-                "trace": trace,
-            }
-        )
-    return pd.DataFrame(rows)
-
-
-def test_cost_floor_repairs_the_cheapest_problems_only_the_large_model_solves() -> None:
-    from pipeline.evaluation import cost_floor
-
-    results = _ends([True, True, False, False], [True, True, True, True], [2, 2, 5, 3])
-    assert cost_floor(results, 0.5) == pytest.approx(4 / 40)  # small-only already there
-    assert cost_floor(results, 0.75) == pytest.approx((4 + 3) / 40)  # the cheaper repair
-    assert cost_floor(results, 1.0) == pytest.approx((4 + 3 + 5) / 40)
-    unsolvable = _ends([True, True, False, False], [True, True, True, False], [2, 2, 5, 3])
-    assert cost_floor(unsolvable, 1.0) is None  # the large model solves one of the two only
+def test_report_shows_the_oracle_and_cost_at_large_under_every_cost_model(two_runs) -> None:
+    result = two_runs[0]
+    summary = result.summary.set_index("rule")
+    assert "oracle" in summary.index
+    for name in ("flops", "price", "tokens"):
+        assert f"cost_at_large_accuracy/{name}" in summary.columns
+        assert f"cost_{name}" in result.results.columns
+    # The configured cost model's column is the `cost` column.
+    pd.testing.assert_series_equal(
+        result.results["cost"], result.results["cost_price"], check_names=False
+    )
+    assert math.isnan(summary.loc["large_only", "apgr"])  # one point: no curve
+    report = (result.output_dir / "report.md").read_text()
+    assert "cost@large under every cost model" in report
+    assert "| large_only | — | — |" in report

@@ -93,3 +93,48 @@ def test_registry_holds_every_documented_rule() -> None:
         "prm_threshold",
         "policy",
     } <= set(RULES)
+
+
+def test_oracle_escalates_exactly_the_wrong_drafts_in_its_share_of_problems() -> None:
+    question = "Sam has 40 coins: +5 *2."
+    drafts = ["40+5=45 coins.\n\n", "40+5=46 coins.\n\n", "45*2=90 coins.\n\n", "45*2=91 coins."]
+    previous = [(), (), ("40+5=45 coins.",), ("40+5=45 coins.",)]
+    n = 400
+    obs = Observation(
+        features=np.zeros((n, NUM_FEATURES), dtype=np.float32),
+        problem_ids=tuple(f"p{i}" for i in range(n)),
+        step_indices=tuple(len(previous[i % 4]) for i in range(n)),
+        questions=(question,) * n,
+        steps_so_far=tuple(previous[i % 4] for i in range(n)),
+        draft_texts=tuple(drafts[i % 4] for i in range(n)),
+    )
+    wrong = np.asarray([i % 4 in (1, 3) for i in range(n)])
+    every = make_rule("oracle").decide(obs)  # the smallest positive threshold: every wrong draft
+    assert (every == wrong).all()
+    some = make_rule("oracle", threshold=0.6).decide(obs)  # about 40 % of the problems
+    assert not some[~wrong].any() and 0.3 < some[wrong].mean() < 0.5
+    assert (make_rule("oracle", threshold=0.0).decide(obs) == 1).all()
+    assert make_rule("oracle").with_threshold(NEVER).decide(obs).sum() == 0
+
+
+def test_oracle_with_one_repair_escalates_only_a_problems_first_wrong_draft() -> None:
+    rule = make_rule("oracle", repairs=1)
+
+    def wrong_draft() -> Observation:
+        return Observation(
+            features=np.zeros((1, NUM_FEATURES), dtype=np.float32),
+            problem_ids=("p",),
+            step_indices=(0,),
+            questions=("Sam has 40 coins: +5 *2.",),
+            steps_so_far=((),),
+            draft_texts=("40+5=46 coins.",),
+        )
+
+    assert rule.decide(wrong_draft()).tolist() == [1]
+    assert rule.decide(wrong_draft()).tolist() == [0]
+    assert rule.with_threshold(1e-9).decide(wrong_draft()).tolist() == [1]  # a new run
+
+
+def test_oracle_refuses_observations_without_texts() -> None:
+    with pytest.raises(ValueError, match="drafts' texts"):
+        make_rule("oracle").decide(_obs(2))

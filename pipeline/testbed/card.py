@@ -6,7 +6,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from pipeline.testbed.report import ModelReport
+from pipeline.testbed.report import TestbedReport
 
 __all__ = ["sha256_of", "write_model_card"]
 
@@ -15,7 +15,8 @@ def sha256_of(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def write_model_card(models_dir: Path, reports: dict[str, ModelReport], cost_ratio: float) -> Path:
+def write_model_card(models_dir: Path, report: TestbedReport) -> Path:
+    reports = report.models
     records = {
         name: json.loads((models_dir / name / "training.json").read_text()) for name in reports
     }
@@ -32,34 +33,46 @@ def write_model_card(models_dir: Path, reports: dict[str, ModelReport], cost_rat
         "| model | parameters | layers × hidden (heads) | iterations × batch | lr | train time | problem accuracy | step accuracy | step-error AUROC (−mean logprob) |",
         "| --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for name, report in reports.items():
+    for name, measured in reports.items():
         record, spec = records[name], records[name]["spec"]
         model = spec["model"]
         lines.append(
             f"| {name} | {record['parameters']:,} | {model['num_layers']} × {model['hidden_size']}"
             f" ({model['num_heads']}) | {spec['iterations']} × {spec['batch_size']} | {spec['lr']:g}"
-            f" | {record['train_seconds'] / 60:.1f} min | {report.accuracy:.1%} | {report.step_accuracy:.1%}"
-            f" | {report.step_error_auroc:.3f} |"
+            f" | {record['train_seconds'] / 60:.1f} min | {measured.accuracy:.1%}"
+            f" | {measured.step_accuracy:.1%} | {measured.step_error_auroc:.3f} |"
         )
+    oracle = ", ".join(f"`{k}` {v:.3f}" for k, v in report.oracle_cost_at_large.items())
     lines += [
         "",
-        f"Per-step cost ratio large/small by parameter count: **{cost_ratio:.2f}×** "
-        "(the `flops` cost model charges 2 × parameters per token).",
+        f"Per-step cost ratio large/small by parameter count: **{report.cost_ratio:.2f}×** "
+        "(the `flops` cost model charges 2 × parameters per processed token).",
+        "",
+        f"Repair rate: escalating only the small model's first wrong step makes "
+        f"**{report.repair_rate:.1%}** of its {report.repairable} failures correct. The oracle "
+        f"(every wrong draft escalated) reaches {report.oracle_accuracy:.1%}; its normalized "
+        f"cost at the large model's accuracy minus one point: {oracle}.",
+        "",
+        "## How the pair is built",
+        "",
+        "Both models see the whole task (3-6 operations, values up to 99). The small one is",
+        "weak per step in two ways. It has little capacity and training, so it slips on single",
+        "steps, and those slips show in its own confidence. And its training labels hold one",
+        "systematic misconception (`zero_borrow`: it subtracts digit by digit, smaller from",
+        "larger, when the first number ends in 0, `50-27=37`), so on that class of steps it is",
+        "wrong with conviction, which its confidence does not show. Both kinds of error are",
+        "local: every later step continues from the value the trajectory reached, so when the",
+        "large model writes the wrong step, the small model carries on correctly. The benchmark",
+        "itself never contains the misconception.",
         "",
         "## Training configuration",
         "",
-        "Seeds are explicit. Retraining the small model with the same command, seed and thread count",
-        "(`steproute testbed train --model small --threads 2`) reproduced its weight file bit for bit",
-        "on the machine that trained it (same sha256 as below); on another CPU, float32 sums may",
-        "reorder, so expect close but not identical numbers.",
-        "",
-        "The small model has a cheaper training budget than the large one in two ways: fewer",
-        "parameters, and training problems with only 2-4 operations (`task.max_ops: 4`), while the",
-        "benchmark has 2-6. On 5-6 operation problems its later steps fail, often confidently (it",
-        "tends to state an answer after four steps), so part of its error is invisible to its own",
-        "logprobs while the step index and trajectory features show it: the routing signal the",
-        "testbed is built to have. Training times are wall-clock on 2 cores; when other work shared",
-        "the cores they are longer than the model alone would take.",
+        "Seeds are explicit: `steproute testbed train --model small --threads 2` (and `--model",
+        "large`) retrains with the preset, seed and thread count recorded below. Torch on the same",
+        "kind of machine has reproduced the weight file bit for bit before (testbed v1); this pair's",
+        "retraining has not been re-checked against the sha256 below, and on another CPU float32",
+        "sums may reorder, so expect close but not identical numbers. Training times are wall-clock",
+        "on 2 cores, each model trained alone.",
         "",
     ]
     for name in reports:

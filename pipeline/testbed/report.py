@@ -1,69 +1,35 @@
-"""Measure the testbed's routing signal on real vLLM: accuracy per model and step-error AUROC.
+"""Measure the testbed's routing signal on real vLLM, through the shared controller.
 
-Each model solves held-out problems alone, one step at a time (greedy, `stop=["\\n\\n"]`,
-logprobs on), through the same controller the router uses (rules `small_only`, `large_only`). Every generated step is graded against the
-problem's operations (`grade_step`), which gives step-level labels; the AUROC of "minus the mean
-token logprob of the step" for "this step is wrong" says how much of the small model's error is
-visible in its own confidence. All numbers are TESTBED numbers.
+- Each end of the ladder solves the held-out problems alone (rules `small_only`, `large_only`),
+  one step at a time (greedy, stop at the step separator, logprobs on). Every generated step is
+  graded against the problem's operations (`tasks.grade_step`), which gives step-level labels;
+  the AUROC of "minus the mean token logprob of the step" for "this step is wrong" says how much
+  of the small model's error its own confidence shows.
+- The **repair rate**: of the problems the small model fails, the share that come out right when
+  only its first wrong step is escalated (`oracle` with `repairs=1`). High means the small
+  model's errors are local: one large step puts it back on track.
+- The `oracle` curve (every wrong draft escalated, in a growing share of problems) and its
+  normalized cost at the large model's accuracy minus one point, under every cost model.
+
+All numbers are TESTBED numbers.
 """
 
 from __future__ import annotations
 
 import logging
-import re
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
+from pipeline.cache import StepCache
 from pipeline.config import ExperimentConfig
 from pipeline.controller import Controller, ReasoningState
 from pipeline.data import Problem
 from pipeline.rules import make_rule
+from pipeline.testbed.tasks import grade_step
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ModelReport", "auroc", "grade_step", "measure", "parse_question"]
-
-_START = re.compile(r"has (\d+) \w+, then ")
-_OPERATION = re.compile(r"([+\-*/])(\d+)")
-_EQUATION = re.compile(r"^(\d+)([+\-*/])(\d+)=(-?\d+)$")
-_FINAL = re.compile(r"^The answer is (-?\d+)\.$")
-
-
-def parse_question(question: str) -> tuple[int, list[tuple[str, int]]]:
-    """Start value and operations of a testbed question."""
-    start = _START.search(question)
-    if start is None:
-        raise ValueError(f"not a testbed question: {question!r}")
-    tail = question[start.end() :].split(".")[0]
-    return int(start.group(1)), [(op, int(n)) for op, n in _OPERATION.findall(tail)]
-
-
-def _apply(op: str, a: int, b: int) -> int:
-    return {"+": a + b, "-": a - b, "*": a * b, "/": a // b if b else 0}[op]
-
-
-def grade_step(question: str, previous_steps: list[str], step: str) -> bool:
-    """Is `step` the right next step after `previous_steps` (the model's own, right or wrong)?
-
-    An equation is right when it starts from the value the trajectory has reached, applies the
-    next operation of the question, and computes it correctly. The final step is right when it
-    comes after the last operation and states the value reached.
-    """
-    start, operations = parse_question(question)
-    value = start
-    for previous in previous_steps:
-        match = _EQUATION.match(previous.strip())
-        if match:
-            value = int(match.group(4))
-    index = len(previous_steps)
-    text = step.strip()
-    if index < len(operations):
-        match = _EQUATION.match(text)
-        if not match:
-            return False
-        a, op, b, c = int(match.group(1)), match.group(2), int(match.group(3)), int(match.group(4))
-        return (a, op, b) == (value, *operations[index]) and c == _apply(op, a, b)
-    final = _FINAL.match(text)
-    return bool(final) and index == len(operations) and int(final.group(1)) == value
+__all__ = ["ModelReport", "TestbedReport", "auroc", "measure"]
 
 
 def auroc(scores: list[float], labels: list[bool]) -> float:
@@ -96,6 +62,17 @@ class ModelReport:
     steps: int
 
 
+@dataclass
+class TestbedReport:
+    models: dict[str, ModelReport]
+    repair_rate: float  # of the small model's failures, repaired by escalating its first wrong step
+    repairable: int  # the small model's failures the repair rate is measured on
+    oracle_accuracy: float  # every wrong draft escalated
+    # Normalized cost at which the oracle first reaches large accuracy − 1 point, per cost model.
+    oracle_cost_at_large: dict[str, float] = field(default_factory=dict)
+    cost_ratio: float = math.nan  # large/small parameters: the per-token flops ratio
+
+
 def _model_report(name: str, states: list[ReasoningState], controller: Controller) -> ModelReport:
     correct, scores, wrong = 0, [], []
     for state in states:
@@ -116,21 +93,53 @@ def _model_report(name: str, states: list[ReasoningState], controller: Controlle
 
 async def measure(
     cfg: ExperimentConfig, problems: list[Problem], engines: dict | None = None
-) -> dict[str, ModelReport]:
-    """Each end of the ladder solves `problems` alone, through the shared controller
-    (`small_only` and `large_only`), so these are the numbers the evaluation harness reproduces.
-    Engines are started in this process unless given."""
+) -> TestbedReport:
+    """Solve `problems` with each end of the ladder, the first-step repair and the oracle curve,
+    all through the shared controller and the evaluation harness, so `steproute evaluate`
+    reproduces these numbers. Engines are started in this process unless given."""
     from pipeline.engines.launch import shutdown_engines, start_engines
+    from pipeline.evaluation import evaluate_with, summarize
 
     own = engines is None
-    engines = engines or start_engines(cfg.models, use_ray=False)
+    engines = engines or start_engines(cfg.models, use_ray=False, cache=StepCache())
+    small, large = cfg.models[0], cfg.models[-1]
     try:
         controller = Controller(cfg, engines)
-        reports = {}
-        for rule, model in (("small_only", cfg.models[0]), ("large_only", cfg.models[-1])):
-            states = await controller.run(problems, make_rule(rule), concurrency=256)
-            reports[model.name] = _model_report(model.name, states, controller)
-        return reports
+        concurrency = cfg.evaluation.concurrency
+        models = {}
+        ends = {}
+        for rule, model in (("small_only", small), ("large_only", large)):
+            ends[rule] = await controller.run(problems, make_rule(rule), concurrency=concurrency)
+            models[model.name] = _model_report(model.name, ends[rule], controller)
+        failed = [s.problem for s in ends["small_only"] if not controller.is_correct(s)]
+        repaired = await controller.run(
+            failed, make_rule("oracle", repairs=1), concurrency=concurrency
+        )
+        # The oracle curve; small_only and large_only come from the step cache or re-run.
+        results, _ = await evaluate_with(
+            cfg, controller, problems, ["small_only", "large_only", "oracle"]
+        )
+        points, summary = summarize(results)
+        row = summary.set_index("rule").loc["oracle"]
+        oracle_points = points[points.rule == "oracle"]
+        positive = oracle_points[oracle_points.threshold > 0]
+        every_wrong_draft = positive.loc[positive.threshold.idxmin()]
+        return TestbedReport(
+            models=models,
+            repair_rate=sum(controller.is_correct(s) for s in repaired) / max(1, len(failed)),
+            repairable=len(failed),
+            oracle_accuracy=float(every_wrong_draft.accuracy),
+            oracle_cost_at_large={
+                key.split("/", 1)[1]: float(row[key])
+                for key in summary.columns
+                if key.startswith("cost_at_large_accuracy/")
+            },
+            cost_ratio=(
+                large.cost.parameters / small.cost.parameters
+                if large.cost.parameters and small.cost.parameters
+                else math.nan
+            ),
+        )
     finally:
         if own:
             await shutdown_engines(engines)

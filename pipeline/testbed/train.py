@@ -50,24 +50,36 @@ class TrainSpec(BaseModel):
     warmup: int = 100
     min_lr_fraction: float = 0.1
     bucket_batches: int = 16  # batches drawn at once and sorted by length (little padding)
+    # Systematic wrong rules written into the training labels (tasks.MISCONCEPTIONS).
+    misconceptions: tuple[str, ...] = ()
     seed: int = 0
     threads: int = 2
 
 
 PRESETS: dict[str, TrainSpec] = {
+    # Both models see the whole task (3-6 operations). The small one is weak per step: little
+    # capacity and training, so it slips on single steps (visible in its confidence), and it
+    # holds one misconception (`zero_borrow`: 50-27=37), an error it makes with conviction. Its
+    # errors are local: given the right step, it continues correctly. Its training length sets
+    # the mix (calibration problems, greedy vLLM): 1,400 iterations gave 23 % problem accuracy
+    # (step-error AUROC 0.78, slips everywhere), 5,000 gave 77 % (AUROC 0.50: nearly every
+    # error was the misconception). A 2 x 96 small (same parameter budget) copied operands
+    # badly: 19.5 % after 6,000 iterations.
     "small": TrainSpec(
-        model=ModelSpec(hidden_size=128, num_layers=2, num_heads=4, intermediate_size=512),
-        # A cheaper training budget: the small sees only 2-4 operation problems, so on 5-6
-        # operation problems its later steps fail, often confidently (a routing signal that its
-        # own logprobs only partly show; the step index and trajectory features do show it).
-        task=ArithmeticTaskConfig(max_ops=4),
-        iterations=2000,
+        model=ModelSpec(hidden_size=128, num_layers=2, num_heads=4, intermediate_size=128),
+        misconceptions=("zero_borrow",),
+        iterations=2400,
+        batch_size=32,
         lr=3e-3,
     ),
+    # At a fixed 2-core budget many small updates beat a wider model: 4 x 192 with batch 64
+    # (1,100 iterations, 27.6 min) ended at loss 0.012 and 78 % problem accuracy on calibration
+    # problems; 4 x 128 with batch 32 (3,500 iterations, 24.4 min) at 0.0017 and 95 %.
     "large": TrainSpec(
-        model=ModelSpec(hidden_size=192, num_layers=4, num_heads=6, intermediate_size=768),
-        iterations=1500,
-        lr=2e-3,
+        model=ModelSpec(hidden_size=128, num_layers=4, num_heads=4, intermediate_size=512),
+        iterations=3500,
+        batch_size=32,
+        lr=3e-3,
     ),
 }
 
@@ -108,7 +120,10 @@ def _batches(spec: TrainSpec, tokenizer):
     draw = 0
     while True:
         samples = generate_samples(
-            spec.task, count=spec.batch_size * spec.bucket_batches, seed=stream_seed + draw
+            spec.task,
+            count=spec.batch_size * spec.bucket_batches,
+            seed=stream_seed + draw,
+            misconceptions=spec.misconceptions,
         )
         draw += 1
         encoded = sorted((_encode(s, tokenizer) for s in samples), key=lambda e: len(e[0]))

@@ -9,8 +9,14 @@ from hypothesis import strategies as st
 from pipeline.config import ConfigError, DatasetConfig
 from pipeline.data import split_problems
 from pipeline.grading import grade
-from pipeline.testbed.report import auroc, grade_step, parse_question
-from pipeline.testbed.tasks import ArithmeticTaskConfig, generate_problems, generate_samples
+from pipeline.testbed.report import auroc
+from pipeline.testbed.tasks import (
+    ArithmeticTaskConfig,
+    generate_problems,
+    generate_samples,
+    grade_step,
+    parse_question,
+)
 
 
 def _dataset(**knobs) -> DatasetConfig:
@@ -39,7 +45,7 @@ def test_reference_solutions_are_valid_steps(seed: int, max_value: int, ops: lis
         assert cfg.min_ops <= len(sample.steps) - 1 <= cfg.max_ops
         assert all(0 <= v <= max_value for v in sample.values)
         assert sample.solution.endswith(f"The answer is {sample.answer}.")
-        start, operations = parse_question(sample.question)
+        start, _, operations = parse_question(sample.question)
         assert len(operations) == len(sample.steps) - 1 and start >= 0
         for index, step in enumerate(sample.steps):
             assert grade_step(sample.question, list(sample.steps[:index]), step)
@@ -63,15 +69,46 @@ def test_testbed_problems_split_like_any_benchmark() -> None:
 
 
 def test_grade_step_flags_each_kind_of_mistake() -> None:
-    question = "Sam has 40 coins, then +5 *2 -9. How many?"
-    assert grade_step(question, [], "40+5=45\n\n")
-    assert not grade_step(question, [], "40+5=46")  # arithmetic
-    assert not grade_step(question, [], "41+5=46")  # copied the wrong value
-    assert not grade_step(question, [], "40*2=80")  # skipped an operation
+    question = "Sam has 40 coins: +5 *2 -9."
+    assert grade_step(question, [], "40+5=45 coins.\n\n")
+    assert not grade_step(question, [], "40+5=46 coins.")  # arithmetic
+    assert not grade_step(question, [], "41+5=46 coins.")  # copied the wrong value
+    assert not grade_step(question, [], "40*2=80 coins.")  # skipped an operation
+    assert not grade_step(question, [], "40+5=45 beads.")  # restated the count wrongly
     # A step after a wrong one is judged from where the trajectory actually is.
-    assert grade_step(question, ["40+5=46"], "46*2=92")
-    assert not grade_step(question, ["40+5=45", "45*2=90"], "The answer is 81.")  # too early
-    assert grade_step(question, ["40+5=45", "45*2=90", "90-9=81"], "The answer is 81.")
+    assert grade_step(question, ["40+5=46 coins."], "46*2=92 coins.")
+    assert not grade_step(question, ["40+5=45 coins.", "45*2=90 coins."], "The answer is 81.")
+    assert grade_step(
+        question, ["40+5=45 coins.", "45*2=90 coins.", "90-9=81 coins."], "The answer is 81."
+    )
+
+
+def test_solutions_are_about_twice_as_long_as_their_questions() -> None:
+    samples = generate_samples(ArithmeticTaskConfig(num_problems=500))
+    question = sum(len(s.question) for s in samples)
+    solution = sum(len(s.solution) for s in samples)
+    assert 1.8 <= solution / question <= 3.0
+    assert {len(s.steps) for s in samples} == set(range(4, 8))  # 3-6 operations + the answer
+
+
+def test_the_zero_borrow_misconception_rewrites_labels_not_questions() -> None:
+    cfg = ArithmeticTaskConfig(num_problems=400)
+    wrong_steps = 0
+    for sample in generate_samples(cfg, misconceptions=("zero_borrow",)):
+        for index, step in enumerate(sample.steps[:-1]):
+            if grade_step(sample.question, list(sample.steps[:index]), step):
+                continue
+            wrong_steps += 1
+            value, rest = step.split("-", 1)  # only subtractions from a multiple of ten
+            operand, result = rest.split(" ")[0].split("=")
+            assert int(value) % 10 == 0 and int(operand) % 10 != 0
+            digits = zip(value.zfill(3), operand.zfill(3), strict=True)
+            assert int(result) == int("".join(str(abs(int(a) - int(b))) for a, b in digits))
+        # Every later step continues from the value the labels reached: the answer step agrees.
+        assert grade_step(sample.question, list(sample.steps[:-1]), sample.steps[-1])
+    assert wrong_steps > 0
+    with pytest.raises(ValueError, match="unknown misconception"):
+        generate_samples(cfg, misconceptions=("carry",))
 
 
 def test_bad_generator_settings_name_the_key() -> None:
