@@ -39,7 +39,10 @@ def policy_folder(tmp_path_factory) -> Path:
     escalates often (the κ values, not the expected costs, are what the router uses)."""
     folder = tmp_path_factory.mktemp("policy")
     RouterPolicy.hand_set().save(folder)
-    save_operating_points([_point(0.3, 0.95), _point(0.7, 0.05)], folder)
+    # The testbed small model is confident, so the hand-set policy's probabilities sit low (5 %
+    # of steps reach 0.05); its least possible probability is sigmoid(-5) = 0.0067, so kappa
+    # 0.002 escalates every step and 0.95 almost none.
+    save_operating_points([_point(0.3, 0.95), _point(0.7, 0.002)], folder)
     return folder
 
 
