@@ -175,9 +175,10 @@ class Controller:
         processed = state.processed.setdefault(model, ProcessedTokens())
         charge = processed.charge(context, result.token_ids, drafting=model == self.small)
         config = self.by_name[model]
-        for name in self.cost_models:
-            state.costs[name] = state.costs.get(name, 0.0) + call_cost(name, config, charge)
-        cost = call_cost(self.cfg.routing.cost_model, config, charge)
+        costs = {name: call_cost(name, config, charge) for name in self.cost_models}
+        for name, value in costs.items():
+            state.costs[name] = state.costs.get(name, 0.0) + value
+        cost = costs[self.cfg.routing.cost_model]  # the config validator ensured its inputs
         state.cost += cost
         state.cost_by_model[model] = state.cost_by_model.get(model, 0.0) + cost
         state.tokens_by_model[model] = state.tokens_by_model.get(model, 0) + len(result.token_ids)

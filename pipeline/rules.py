@@ -199,11 +199,12 @@ class OracleRule(ThresholdRule):
     def decide_with_scores(self, obs: Observation) -> tuple[np.ndarray, np.ndarray]:
         actions, scores = super().decide_with_scores(obs)
         if self.repairs is not None:
-            for i, problem_id in enumerate(obs.problem_ids):
-                if actions[i] and self._repaired.get(problem_id, 0) >= self.repairs:
+            for i in np.flatnonzero(actions):
+                done = self._repaired.get(obs.problem_ids[i], 0)
+                if done >= self.repairs:
                     actions[i] = 0
-                elif actions[i]:
-                    self._repaired[problem_id] = self._repaired.get(problem_id, 0) + 1
+                else:
+                    self._repaired[obs.problem_ids[i]] = done + 1
         return actions, scores
 
 

@@ -20,7 +20,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 
-from pipeline.cache import StepCache
+from pipeline.cache import CachedEngine, StepCache
 from pipeline.config import ExperimentConfig
 from pipeline.controller import Controller, ReasoningState
 from pipeline.data import Problem
@@ -101,7 +101,11 @@ async def measure(
     from pipeline.evaluation import evaluate_with, summarize
 
     own = engines is None
-    engines = engines or start_engines(cfg.models, use_ray=False, cache=StepCache())
+    cache = StepCache()  # in memory: the oracle curve's small_only and large_only runs are lookups
+    if own:
+        engines = start_engines(cfg.models, use_ray=False, cache=cache)
+    else:
+        engines = {name: CachedEngine(engine, cache) for name, engine in engines.items()}
     small, large = cfg.models[0], cfg.models[-1]
     try:
         controller = Controller(cfg, engines)
@@ -115,7 +119,7 @@ async def measure(
         repaired = await controller.run(
             failed, make_rule("oracle", repairs=1), concurrency=concurrency
         )
-        # The oracle curve; small_only and large_only come from the step cache or re-run.
+        # The oracle curve; its small_only and large_only runs come from the step cache.
         results, _ = await evaluate_with(
             cfg, controller, problems, ["small_only", "large_only", "oracle"]
         )
