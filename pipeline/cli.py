@@ -271,7 +271,7 @@ def evaluate_command(
     """Run routing rules over a split: accuracy–cost curves, metrics, report, plots, MLflow."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from pipeline.evaluation import TESTBED_LABEL, evaluate
+    from pipeline.evaluation import TESTBED_LABEL, evaluate, format_metric
     from pipeline.rules import RULES
 
     overrides: dict = {}
@@ -314,9 +314,9 @@ def evaluate_command(
     for s in result.summary.to_dict("records"):
         table.add_row(
             s["rule"],
-            *(f"{s.get(k, float('nan')):.3f}" for k in ("auc", "apgr", "cpt50", "cpt95")),
-            f"{s['cost_at_large_accuracy']:.3f}",
-            f"{s['best_accuracy']:.3f}",
+            *(format_metric(s.get(k)) for k in ("auc", "apgr", "cpt50", "cpt95")),
+            format_metric(s["cost_at_large_accuracy"]),
+            format_metric(s["best_accuracy"]),
         )
     console.print(table)
     hit = result.cache_stats.get("cache/hit_rate", 0.0)

@@ -43,6 +43,7 @@ __all__ = [
     "operating_points",
     "evaluate",
     "evaluate_with",
+    "format_metric",
     "plot_rule_curves",
     "summarize",
 ]
@@ -66,6 +67,13 @@ class EvaluationResult:
 
 
 # ---------------------------------------------------------------------------- running rules
+
+
+def format_metric(value: float | None) -> str:
+    """Three decimals, or "—" where a metric does not exist (one operating point has no curve)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    return f"{value:.3f}"
 
 
 def _rows(
@@ -297,7 +305,7 @@ def _finish(fig, ax, xlabel: str, ylabel: str, title: str, path: Path) -> None:
 
 
 def _report(cfg: ExperimentConfig, result: EvaluationResult, runs: list[dict], label: str) -> str:
-    fmt = lambda x: "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"  # noqa: E731
+    fmt = format_metric
     lines = [
         f"# Routing evaluation: {cfg.name} — {label}",
         "",
