@@ -523,7 +523,7 @@ def pipeline_command(
 
     import pandas as pd
 
-    from pipeline.evaluation import TESTBED_LABEL
+    from pipeline.evaluation import TESTBED_LABEL, format_metric
     from pipeline.jobs import run_pipeline
 
     try:
@@ -559,15 +559,9 @@ def pipeline_command(
     table = Table(title=f"accuracy–cost ({label})")
     for column in ("rule", "auc", "apgr", "cost_at_large_accuracy", "best_accuracy"):
         table.add_column(column)
+    columns = ("auc", "apgr", "cost_at_large_accuracy", "best_accuracy")
     for row in summary.itertuples():
-        table.add_row(
-            str(row.rule),
-            *(f"{getattr(row, c, float('nan')):.3f}" for c in ("auc", "apgr")),
-            *(
-                f"{getattr(row, c, float('nan')):.3f}"
-                for c in ("cost_at_large_accuracy", "best_accuracy")
-            ),
-        )
+        table.add_row(str(row.rule), *(format_metric(getattr(row, c, None)) for c in columns))
     console.print(table)
     console.print(f"report: {folder / 'report.md'}")
     console.print(f"plots:  {folder / 'accuracy_cost.png'}, {folder / 'escalation_by_step.png'}")
