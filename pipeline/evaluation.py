@@ -30,7 +30,7 @@ import pandas as pd
 
 from pipeline import metrics
 from pipeline.cache import StepCache
-from pipeline.calibration import load_operating_points
+from pipeline.calibration import OperatingPoint, load_operating_points
 from pipeline.config import ExperimentConfig
 from pipeline.controller import Controller, ReasoningState
 from pipeline.data import Problem, load_split
@@ -42,6 +42,7 @@ __all__ = [
     "EvaluationResult",
     "operating_points",
     "evaluate",
+    "calibrated_outcomes",
     "evaluate_with",
     "format_metric",
     "plot_rule_curves",
@@ -162,6 +163,29 @@ async def evaluate_with(
         for threshold in sorted(thresholds, reverse=True):
             await run(rule.with_threshold(threshold), threshold)
     return pd.DataFrame(rows), skipped
+
+
+def calibrated_outcomes(
+    policy_points: pd.DataFrame, calibrated: list[OperatingPoint], acc_large: float
+) -> list[tuple[OperatingPoint, float, float, bool]]:
+    """Each calibrated point as measured here: (point, normalized cost, accuracy, target met).
+
+    The evaluation runs the policy at every calibrated κ itself, so each point is looked up by
+    its exact κ: where the policy's scores crowd near 1, neighbouring κ differ in the seventh
+    decimal and a tolerance would read one point's row for another."""
+    outcomes = []
+    for p in calibrated:
+        here = policy_points[policy_points.threshold == p.kappa]
+        if here.empty:
+            continue
+        cost, acc = float(here.cost_normalized.iloc[0]), float(here.accuracy.iloc[0])
+        kind, value = p.name.split("-", 1)
+        if kind == "budget":
+            met = cost <= float(value)
+        else:  # "accuracy-<fraction>xlarge": a fraction of large-only accuracy
+            met = acc >= float(value.removesuffix("xlarge")) * acc_large
+        outcomes.append((p, cost, acc, met))
+    return outcomes
 
 
 def _policy_dir(cfg: ExperimentConfig) -> Path | None:
@@ -382,16 +406,7 @@ def _report(cfg: ExperimentConfig, result: EvaluationResult, runs: list[dict], l
             "accuracy here | target met here |",
             "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",
         ]
-        for p in calibrated:
-            here = policy_points[np.isclose(policy_points.threshold, p.kappa)]
-            if here.empty:
-                continue
-            cost, acc = float(here.cost_normalized.iloc[0]), float(here.accuracy.iloc[0])
-            kind, value = p.name.split("-", 1)
-            if kind == "budget":
-                met = cost <= float(value)
-            else:  # "accuracy-<fraction>xlarge": a fraction of large-only accuracy
-                met = acc >= float(value.removesuffix("xlarge")) * acc_large
+        for p, cost, acc, met in calibrated_outcomes(policy_points, calibrated, acc_large):
             lines.append(
                 f"| {p.name} | {p.method} | {p.kappa:.4g} | {p.expected_cost:.3f} | "
                 f"{p.expected_accuracy:.3f} | {cost:.3f} | {acc:.3f} | {'yes' if met else 'NO'} |"

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.calibration import (
     GridPoint,
+    OperatingPoint,
     binomial_upper_bound,
     calibrate_accuracy,
     calibrate_budget,
@@ -15,6 +17,7 @@ from pipeline.calibration import (
     load_operating_points,
     save_operating_points,
 )
+from pipeline.evaluation import calibrated_outcomes
 
 KAPPAS = np.linspace(0.05, 0.95, 19)
 
@@ -100,3 +103,24 @@ def test_operating_points_round_trip(tmp_path) -> None:
 def test_budget_below_every_threshold_gives_no_point() -> None:
     grid = synthetic_grid(np.random.default_rng(0), 50)
     assert calibrate_budget(grid, 0.01) is None
+
+
+def test_each_calibrated_point_is_read_at_its_own_kappa_where_scores_crowd() -> None:
+    # Saturated policy scores: calibrated κ that differ in the seventh decimal. Each point's
+    # held-out row is the one at its exact κ, not a neighbour within a float tolerance.
+    kappas = [0.9999998, 0.9999995, 0.9999991]
+    points_here = pd.DataFrame(
+        {
+            "rule": "policy",
+            "threshold": kappas,
+            "cost_normalized": [0.25, 0.35, 0.45],
+            "accuracy": [0.70, 0.80, 0.90],
+        }
+    )
+    calibrated = [
+        OperatingPoint(f"budget-{b}", k, "ltt", b - 0.02, (0.0, b), 0.8, (0.7, 0.9), 100)
+        for b, k in zip((0.3, 0.4, 0.4), kappas, strict=True)
+    ]
+    outcomes = calibrated_outcomes(points_here, calibrated, acc_large=0.95)
+    assert [(cost, acc) for _, cost, acc, _ in outcomes] == [(0.25, 0.7), (0.35, 0.8), (0.45, 0.9)]
+    assert [met for *_, met in outcomes] == [True, True, False]
