@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -33,8 +33,10 @@ __all__ = [
     "binomial_upper_bound",
     "calibrate_accuracy",
     "calibrate_budget",
+    "chord_gain",
     "hoeffding_upper_bound",
     "load_operating_points",
+    "mark_knee",
     "save_operating_points",
 ]
 
@@ -59,6 +61,7 @@ class OperatingPoint:
     accuracy_interval: tuple[float, float]
     problems: int
     policy: str | None = None  # the policy folder, when not the one the file sits beside
+    knee: bool = False  # the chosen point furthest above the small-to-large chord (Serve default)
 
 
 def hoeffding_upper_bound(values: np.ndarray, delta: float, upper: float) -> float:
@@ -245,7 +248,35 @@ def choose_points(cfg, rows) -> list[OperatingPoint]:
         )
         for t in cal.accuracy_targets
     ]
-    return [p for p in points if p is not None]
+    small = rows[rows.rule == "small_only"]
+    small_point = (float(small.cost.mean()) / large_cost, float(small.correct.mean()))
+    return mark_knee([p for p in points if p is not None], small_point, (1.0, large_accuracy))
+
+
+def chord_gain(
+    point: OperatingPoint, small: tuple[float, float], large: tuple[float, float]
+) -> float:
+    """How far a point lies above the straight line from small-only to large-only, both axes
+    normalized over that range: its share of the accuracy gap recovered minus its share of the
+    cost gap spent (0 on the line, the most accuracy per cost where largest)."""
+    (cost_s, acc_s), (cost_l, acc_l) = small, large
+    recovered = (point.expected_accuracy - acc_s) / (acc_l - acc_s) if acc_l > acc_s else 0.0
+    spent = (point.expected_cost - cost_s) / (cost_l - cost_s) if cost_l > cost_s else 0.0
+    return recovered - spent
+
+
+def mark_knee(
+    points: list[OperatingPoint], small: tuple[float, float], large: tuple[float, float]
+) -> list[OperatingPoint]:
+    """The points, the one with the largest `chord_gain` marked `knee` (the first on ties).
+    None is marked when no point lies above the chord: no point beats mixing the endpoints."""
+    if not points:
+        return points
+    gains = [chord_gain(p, small, large) for p in points]
+    best = max(range(len(points)), key=lambda i: gains[i])
+    if gains[best] <= 1e-9:  # on the chord, up to rounding
+        return points
+    return [replace(p, knee=i == best) for i, p in enumerate(points)]
 
 
 def calibrate_policy(

@@ -6,7 +6,8 @@ and runs `Controller.solve`: the same draft → observe → decide → escalate 
 measured. Steps of concurrent requests meet in the engine deployments' `serve.batch`.
 
 Model ids: `router-b0.30` = the calibrated point for a budget of 30 % of large-only cost,
-`router-a0.99` = the point for 99 % of large-only accuracy, `router` = the default point, and
+`router-a0.99` = the point for 99 % of large-only accuracy, `router` = the default point (the
+knee of the calibrated curve unless `serve.default_model` names one; `/v1/models` says which), and
 each model of the ladder by name (`small`, `large`) as a passthrough.
 """
 
@@ -45,6 +46,8 @@ class Route:
     rule: str  # "policy", or a passthrough: "small_only" / "large_only"
     kappa: float | None = None
     point: OperatingPoint | None = None
+    stands_for: str | None = None  # `router` only: the model id it answers as
+    chosen_by: str | None = None  # `router` only: why that one (knee, config, budget)
 
     @property
     def budget(self) -> float | None:
@@ -62,7 +65,10 @@ class Route:
                 "expected_cost": self.point.expected_cost,
                 "expected_accuracy": self.point.expected_accuracy,
                 "method": self.point.method,
+                "knee": self.point.knee,
             }
+        if self.stands_for is not None:
+            info |= {"stands_for": self.stands_for, "chosen_by": self.chosen_by}
         return info
 
 
@@ -87,16 +93,25 @@ def build_routes(
         routes[model_id(point)] = Route(model_id(point), "policy", point.kappa, point)
     if not points:  # the hand-set policy: one fixed threshold
         routes["router-k0.50"] = Route("router-k0.50", "policy", 0.5)
-    default = cfg.serve.default_model
+    default, chosen_by = cfg.serve.default_model, "serve.default_model"
     if default is None:
+        # The knee of the calibrated curve (most accuracy per cost), else the config's budget,
+        # else the first policy point.
+        knee = [model_id(p) for p in points if p.knee]
         budget = cfg.routing.budget
         wanted = f"router-b{budget:.2f}" if budget is not None else None
         policy_ids = [r.model_id for r in routes.values() if r.rule == "policy"]
-        default = wanted if wanted in routes else policy_ids[0]
+        if knee:
+            default, chosen_by = knee[0], "knee of the calibrated curve"
+        elif wanted in routes:
+            default, chosen_by = wanted, "routing.budget"
+        else:
+            default, chosen_by = policy_ids[0], "first policy point"
     if default not in routes:
         raise ValueError(f"serve.default_model '{default}' is not one of {sorted(routes)}")
+    target = routes[default]
     routes["router"] = Route(
-        "router", routes[default].rule, routes[default].kappa, routes[default].point
+        "router", target.rule, target.kappa, target.point, stands_for=default, chosen_by=chosen_by
     )
     return routes, default
 
