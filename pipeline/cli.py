@@ -267,8 +267,13 @@ def evaluate_command(
         bool, typer.Option("--local", help="Engines in this process instead of Ray actors.")
     ] = False,
     no_mlflow: Annotated[bool, typer.Option("--no-mlflow", help="Skip MLflow logging.")] = False,
+    seeds: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated seeds: the policies `steproute train --seeds` wrote."),
+    ] = None,
 ) -> None:
-    """Run routing rules over a split: accuracy–cost curves, metrics, report, plots, MLflow."""
+    """Run routing rules over a split: accuracy–cost curves, metrics, report, plots, MLflow.
+    With --seeds, the `policy` rule runs once per seed and the report adds the seeds' spread."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from pipeline.evaluation import TESTBED_LABEL, evaluate, format_metric
@@ -281,6 +286,7 @@ def evaluate_command(
         overrides["use_ray"] = False
     try:
         cfg = load_config(config, {"evaluation": overrides} if overrides else None)
+        seed_list = _seeds(seeds)
     except ConfigError as exc:
         raise _fail(str(exc)) from None
     unknown = [r for r in (rule or cfg.evaluation.rules) if r not in RULES]
@@ -304,7 +310,12 @@ def evaluate_command(
 
         try:
             result = evaluate(
-                cfg, rules=rule, output_dir=output, progress=progress, track=not no_mlflow
+                cfg,
+                rules=rule,
+                output_dir=output,
+                progress=progress,
+                track=not no_mlflow,
+                seeds=seed_list or None,
             )
         except (DataError, ValueError) as exc:
             raise _fail(str(exc)) from None
@@ -326,18 +337,41 @@ def evaluate_command(
     )
 
 
+def _seeds(text: str | None) -> list[int]:
+    """`--seeds 0,1,2` → [0, 1, 2]; a clear error for anything else."""
+    if text is None:
+        return []
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ConfigError(
+            f"--seeds '{text}': expected comma-separated integers, e.g. 0,1,2"
+        ) from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds '{text}': expected distinct comma-separated integers")
+    return seeds
+
+
 @app.command("train")
 def train_command(
     config: Annotated[Path, typer.Option("--config", "-c")] = Path("configs/testbed.yaml"),
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint.")] = False,
     iterations: Annotated[int | None, typer.Option(help="Override training.iterations.")] = None,
     no_mlflow: Annotated[bool, typer.Option("--no-mlflow", help="Skip MLflow logging.")] = False,
+    seeds: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated seeds, e.g. 0,1,2: one policy per seed, each in "
+            "<output_dir>/seeds/seed-<s>/policy (instead of <output_dir>/policy)."
+        ),
+    ] = None,
 ) -> None:
     """Train the routing policy with RLlib PPO; export it to <output_dir>/policy."""
     import time
 
     try:
         cfg = load_config(config)
+        seed_list = _seeds(seeds)
     except ConfigError as exc:
         raise _fail(str(exc)) from None
     from rllib_env.train import train
@@ -354,10 +388,29 @@ def train_command(
         shown = ", ".join(f"{k.split('/')[1]} {metrics[k]:.3f}" for k in keys if k in metrics)
         console.print(f"iteration {iteration}: {shown} ({time.perf_counter() - started:.0f} s)")
 
-    policy = train(
-        cfg, resume=resume, iterations=iterations, on_iteration=show, track=not no_mlflow
-    )
-    console.print(f"trained in {(time.perf_counter() - started) / 60:.1f} min; policy: {policy}")
+    if not seed_list:
+        policy = train(
+            cfg, resume=resume, iterations=iterations, on_iteration=show, track=not no_mlflow
+        )
+        console.print(
+            f"trained in {(time.perf_counter() - started) / 60:.1f} min; policy: {policy}"
+        )
+        return
+    for seed in seed_list:
+        seeded = cfg.model_copy(update={"training": cfg.training.model_copy(update={"seed": seed})})
+        began = time.perf_counter()
+        console.print(f"[bold]seed {seed}[/]")
+        policy = train(
+            seeded,
+            resume=resume,
+            iterations=iterations,
+            output_dir=cfg.seed_dir(seed),
+            on_iteration=show,
+            track=not no_mlflow,
+        )
+        console.print(
+            f"seed {seed}: trained in {(time.perf_counter() - began) / 60:.1f} min; policy: {policy}"
+        )
 
 
 @app.command("calibrate")
@@ -367,15 +420,29 @@ def calibrate_command(
         Path | None, typer.Option(help="Policy folder (default <output_dir>/policy).")
     ] = None,
     method: Annotated[str | None, typer.Option(help="quantile or ltt (default: config's).")] = None,
+    seeds: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated seeds: the policies `steproute train --seeds` wrote."),
+    ] = None,
 ) -> None:
     """Choose the policy's threshold κ per budget / accuracy target on the calibration split."""
-    from pipeline.calibration import calibrate_policy
-
     try:
         cfg = load_config(config, {"calibration": {"method": method}} if method else None)
+        seed_list = _seeds(seeds)
     except ConfigError as exc:
         raise _fail(str(exc)) from None
-    policy = policy or Path(cfg.output_dir) / "policy"
+    if seed_list and policy is not None:
+        raise _fail("give either --policy or --seeds, not both")
+    folders = [cfg.seed_dir(s) / "policy" for s in seed_list] or [
+        policy or Path(cfg.output_dir) / "policy"
+    ]
+    for folder in folders:
+        _calibrate_one(cfg, config, folder)
+
+
+def _calibrate_one(cfg, config: Path, policy: Path) -> None:
+    from pipeline.calibration import calibrate_policy
+
     if not (policy / "policy.json").exists():
         raise _fail(f"no policy in {policy}; fix: run `steproute train --config {config}` first")
     points = calibrate_policy(cfg, policy)
@@ -392,7 +459,7 @@ def calibrate_command(
         table.add_column(column)
     for p in points:
         table.add_row(
-            p.name,
+            p.name + (" (knee)" if p.knee else ""),
             f"{p.kappa:.4g}",
             f"{p.expected_cost:.3f}",
             f"[{p.cost_interval[0]:.3f}, {p.cost_interval[1]:.3f}]",

@@ -406,6 +406,11 @@ class ExperimentConfig(_Frozen):
         """The step cache every stage shares: `evaluation.cache_dir`, else <output_dir>/step_cache."""
         return Path(self.evaluation.cache_dir or Path(self.output_dir) / "step_cache")
 
+    def seed_dir(self, seed: int) -> Path:
+        """Where `steproute train --seeds` puts one seed's run: <output_dir>/seeds/seed-<s>
+        (its policy in `policy/`, checkpoints in `train/`)."""
+        return Path(self.output_dir) / "seeds" / f"seed-{seed}"
+
     @property
     def mlflow_uri(self) -> str:
         if self.tracking.mlflow_uri:

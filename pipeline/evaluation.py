@@ -22,7 +22,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +45,8 @@ __all__ = [
     "calibrated_outcomes",
     "evaluate_with",
     "format_metric",
+    "seed_policies",
+    "seed_spread",
     "plot_rule_curves",
     "summarize",
 ]
@@ -65,6 +67,7 @@ class EvaluationResult:
     wall_seconds: float
     cache_stats: dict[str, float]
     output_dir: Path | None = None
+    policies: dict[str, Path] = field(default_factory=dict)  # label → folder, one per seed
 
 
 # ---------------------------------------------------------------------------- running rules
@@ -126,43 +129,69 @@ async def evaluate_with(
     problems: list[Problem],
     rules: list[str],
     progress: Callable[[str, int, int], None] | None = None,
+    policies: dict[str, Path] | None = None,
 ) -> tuple[pd.DataFrame, dict[str, str]]:
-    """Run every rule (thresholded ones at every operating point) over `problems`."""
+    """Run every rule (thresholded ones at every operating point) over `problems`.
+
+    `policies` (label → policy folder, e.g. one per training seed) runs the `policy` rule once
+    per folder, its rows labelled with the label instead of `policy`."""
     ev = cfg.evaluation
     rows: list[dict] = []
     skipped: dict[str, str] = {}
 
-    async def run(rule: RoutingRule, threshold: float) -> list[ReasoningState]:
-        label = rule.describe() if isinstance(rule, ThresholdRule) else rule.name
+    async def run(rule: RoutingRule, threshold: float, label: str) -> list[ReasoningState]:
+        shown = (
+            rule.describe().replace(rule.name, label, 1)
+            if isinstance(rule, ThresholdRule)
+            else label
+        )
         states = await controller.run(
             problems,
             rule,
             concurrency=ev.concurrency,
-            progress=(lambda done, total: progress(label, done, total)) if progress else None,
+            progress=(lambda done, total: progress(shown, done, total)) if progress else None,
         )
-        rows.extend(_rows(rule, threshold, states, controller))
+        rows.extend(row | {"rule": label} for row in _rows(rule, threshold, states, controller))
         return states
+
+    async def sweep(rule: RoutingRule, label: str, policy_dir: Path | None = None) -> None:
+        if not isinstance(rule, ThresholdRule):
+            await run(rule, math.nan, label)
+            return
+        probe = await run(rule.with_threshold(NEVER), NEVER, label)
+        if rule.thresholds:  # a rule with operating points of its own (the oracle)
+            thresholds = set(rule.thresholds) | {0.0}
+        else:
+            thresholds = set(_thresholds(probe, ev.escalation_targets))
+        if policy_dir is not None:  # the calibrated operating points, too
+            thresholds |= {p.kappa for p in load_operating_points(policy_dir)}
+        for threshold in sorted(thresholds, reverse=True):
+            await run(rule.with_threshold(threshold), threshold, label)
 
     policy_dir = _policy_dir(cfg)
     for name in dict.fromkeys(["small_only", "large_only", *rules]):
         if name in SKIPPED_RULES and name in rules:
             skipped[name] = SKIPPED_RULES[name]
             continue
-        params = {"policy": str(policy_dir)} if name == "policy" and policy_dir else {}
-        rule = make_rule(name, **params)
-        if not isinstance(rule, ThresholdRule):
-            await run(rule, math.nan)
+        if name == "policy" and policies:
+            for label, folder in policies.items():
+                await sweep(make_rule("policy", policy=str(folder)), label, folder)
             continue
-        probe = await run(rule.with_threshold(NEVER), NEVER)
-        if rule.thresholds:  # a rule with operating points of its own (the oracle)
-            thresholds = set(rule.thresholds) | {0.0}
-        else:
-            thresholds = set(_thresholds(probe, ev.escalation_targets))
-        if name == "policy" and policy_dir:  # the calibrated operating points, too
-            thresholds |= {p.kappa for p in load_operating_points(policy_dir)}
-        for threshold in sorted(thresholds, reverse=True):
-            await run(rule.with_threshold(threshold), threshold)
+        params = {"policy": str(policy_dir)} if name == "policy" and policy_dir else {}
+        await sweep(make_rule(name, **params), name, policy_dir if params else None)
     return pd.DataFrame(rows), skipped
+
+
+def seed_policies(cfg: ExperimentConfig, seeds: list[int]) -> dict[str, Path]:
+    """`policy/seed-<s>` → the policy `steproute train --seeds` exported for seed s."""
+    policies = {f"policy/seed-{s}": cfg.seed_dir(s) / "policy" for s in seeds}
+    missing = [str(p) for p in policies.values() if not (p / "policy.json").exists()]
+    if missing:
+        raise ValueError(
+            f"no trained policy in {missing}; fix: run `steproute train --seeds "
+            f"{','.join(map(str, seeds))}` first"
+        )
+    return policies
 
 
 def calibrated_outcomes(
@@ -328,6 +357,45 @@ def _finish(fig, ax, xlabel: str, ylabel: str, title: str, path: Path) -> None:
     plt.close(fig)
 
 
+def seed_spread(summary: pd.DataFrame, prefix: str = "policy/seed-") -> dict[str, float]:
+    """Mean, sample standard deviation, min and max of the seeds' APGR (rules named
+    `<prefix><seed>`); empty when the summary has no seeds."""
+    apgr = summary[summary.rule.astype(str).str.startswith(prefix)].apgr.astype(float)
+    if apgr.empty:
+        return {}
+    return {
+        "seeds": float(len(apgr)),
+        "apgr_mean": float(apgr.mean()),
+        "apgr_std": float(apgr.std(ddof=1)) if len(apgr) > 1 else 0.0,
+        "apgr_min": float(apgr.min()),
+        "apgr_max": float(apgr.max()),
+    }
+
+
+def _seeds_section(result: EvaluationResult) -> list[str]:
+    spread = seed_spread(result.summary)
+    if not spread:
+        return []
+    seeds = result.summary[result.summary.rule.astype(str).str.startswith("policy/seed-")]
+    lines = [
+        "",
+        "## Seeds",
+        "",
+        f"The policy was trained with {int(spread['seeds'])} seeds; each is evaluated on its own. "
+        f"Headline: **mean APGR {spread['apgr_mean']:.3f} ± {spread['apgr_std']:.3f}** "
+        f"(sample standard deviation; range {spread['apgr_min']:.3f}-{spread['apgr_max']:.3f}).",
+        "",
+        "| seed | APGR | AUC | cost@large |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for s in seeds.to_dict("records"):
+        lines.append(
+            f"| {s['rule'].removeprefix('policy/seed-')} | {format_metric(s['apgr'])} | "
+            f"{format_metric(s['auc'])} | {format_metric(s['cost_at_large_accuracy'])} |"
+        )
+    return lines
+
+
 def _report(cfg: ExperimentConfig, result: EvaluationResult, runs: list[dict], label: str) -> str:
     fmt = format_metric
     lines = [
@@ -391,31 +459,40 @@ def _report(cfg: ExperimentConfig, result: EvaluationResult, runs: list[dict], l
         for s in result.summary.to_dict("records"):
             values = " | ".join(fmt(s.get(f"cost_at_large_accuracy/{m}")) for m in models)
             lines.append(f"| {s['rule']} | {values} |")
+    lines += _seeds_section(result)
     policy_dir = _policy_dir(cfg)
-    calibrated = load_operating_points(policy_dir) if policy_dir else []
-    if calibrated:
-        policy_points = result.points[result.points.rule == "policy"]
+    policies = result.policies or ({"policy": policy_dir} if policy_dir else {})
+    for name, folder in policies.items():
+        calibrated = load_operating_points(folder)
+        if not calibrated:
+            continue
+        policy_points = result.points[result.points.rule == name]
         lines += [
             "",
-            "## Calibrated operating points on this split",
+            f"## Calibrated operating points on this split: `{name}`",
             "",
             "Chosen by `steproute calibrate` on the calibration split; measured here on held-out "
-            "problems. A budget point holds when its cost here stays within its budget.",
+            "problems at exactly their κ. A budget point holds when its cost here stays within "
+            "its budget.",
             "",
             "| point | method | κ | calibration cost | calibration accuracy | cost here | "
             "accuracy here | target met here |",
             "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",
         ]
         for p, cost, acc, met in calibrated_outcomes(policy_points, calibrated, acc_large):
+            knee = " (knee)" if p.knee else ""
             lines.append(
-                f"| {p.name} | {p.method} | {p.kappa:.4g} | {p.expected_cost:.3f} | "
+                f"| {p.name}{knee} | {p.method} | {p.kappa:.4g} | {p.expected_cost:.3f} | "
                 f"{p.expected_accuracy:.3f} | {cost:.3f} | {acc:.3f} | {'yes' if met else 'NO'} |"
             )
     lines += [
         "",
         "`policy`: "
         + (
-            f"the trained RouterPolicy in `{policy_dir}`"
+            "one trained RouterPolicy per seed: "
+            + ", ".join(f"`{name}` in `{folder}`" for name, folder in result.policies.items())
+            if result.policies
+            else f"the trained RouterPolicy in `{policy_dir}`"
             if policy_dir
             else "the hand-set linear RouterPolicy (no trained policy found)"
         )
@@ -497,6 +574,7 @@ def _log_mlflow(cfg: ExperimentConfig, result: EvaluationResult, folder: Path) -
                 value = s.get(key)
                 if value is not None and not math.isnan(value):
                     values[f"eval/{s['rule']}/{key}"] = float(value)
+        values |= {f"eval/policy_seeds/{k}": v for k, v in seed_spread(result.summary).items()}
         mlflow.log_metrics(values)
         mlflow.log_artifacts(str(folder), artifact_path="evaluation")
 
@@ -512,12 +590,15 @@ def evaluate(
     engines: dict | None = None,
     progress: Callable[[str, int, int], None] | None = None,
     track: bool = True,
+    seeds: list[int] | None = None,
 ) -> EvaluationResult:
-    """Evaluate `rules` (default: the config's) on the config's split; write and log outputs."""
+    """Evaluate `rules` (default: the config's) on the config's split; write and log outputs.
+    `seeds`: the `policy` rule runs once per seed's policy (`steproute train --seeds`)."""
     from pipeline.engines.launch import shutdown_engines, start_engines
 
     ev = cfg.evaluation
     rules = list(rules or ev.rules)
+    policies = seed_policies(cfg, seeds) if seeds else {}
     problems = load_split(cfg.dataset, ev.split)[: ev.limit]
     if not problems:
         raise ValueError(f"split '{ev.split}' of {cfg.dataset.name} is empty")
@@ -535,7 +616,7 @@ def evaluate(
             engines = {name: CachedEngine(e, cache) for name, e in engines.items()}
         try:
             controller = Controller(cfg, engines)
-            return await evaluate_with(cfg, controller, problems, rules, progress)
+            return await evaluate_with(cfg, controller, problems, rules, progress, policies)
         finally:
             cache.flush()
             if own_engines:
@@ -545,7 +626,9 @@ def evaluate(
     results, skipped = asyncio.run(main())
     wall = time.perf_counter() - started
     points, summary = summarize(results)
-    result = EvaluationResult(results, points, summary, skipped, wall, cache.stats(), folder)
+    result = EvaluationResult(
+        results, points, summary, skipped, wall, cache.stats(), folder, policies
+    )
     _write(cfg, result, folder)
     if track:
         _log_mlflow(cfg, result, folder)

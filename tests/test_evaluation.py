@@ -6,12 +6,13 @@ import math
 
 import pandas as pd
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from pipeline.calibration import OperatingPoint, save_operating_points
 from pipeline.cli import app
 from pipeline.config import parse_config
-from pipeline.evaluation import evaluate
+from pipeline.evaluation import evaluate, seed_spread
 from pipeline.policy import RouterPolicy
 
 RULES = [
@@ -156,3 +157,49 @@ def test_report_shows_the_oracle_and_cost_at_large_under_every_cost_model(two_ru
     report = (result.output_dir / "report.md").read_text()
     assert "cost@large under every cost model" in report
     assert "| large_only | — | — |" in report
+
+
+def test_seeds_each_get_their_curve_and_the_report_gives_the_spread(
+    small_eval_cfg, testbed_engines, tmp_path
+) -> None:
+    # Two "seeds": the hand-set policy and one that escalates more (a higher bias), each with a
+    # calibrated point, where `steproute train --seeds 0,1` would have exported them.
+    raw = small_eval_cfg.model_dump(mode="json")
+    raw["output_dir"] = str(tmp_path)
+    raw["evaluation"] |= {"limit": 6, "rules": ["small_only", "large_only", "policy"]}
+    cfg = parse_config(raw)
+    for seed, bias, kappa in ((0, 12.0, 0.05), (1, 16.0, 0.15)):
+        policy = RouterPolicy.hand_set()
+        with torch.no_grad():
+            policy.head.bias[1] = bias
+        folder = policy.save(cfg.seed_dir(seed) / "policy")
+        point = OperatingPoint(
+            f"budget-0.{5 + seed}", kappa, "ltt", 0.4, (0.3, 0.5), 0.7, (0.6, 0.8), 50
+        )
+        save_operating_points([point], folder)
+
+    result = evaluate(cfg, engines=testbed_engines, seeds=[0, 1], track=False)
+    rules = set(result.summary.rule)
+    assert {"policy/seed-0", "policy/seed-1"} <= rules and "policy" not in rules
+    seed1 = result.points[result.points.rule == "policy/seed-1"]
+    assert (seed1.threshold == 0.15).any() and not (seed1.threshold == 0.05).any()
+    spread = seed_spread(result.summary)
+    apgr = result.summary.set_index("rule").apgr
+    assert spread["seeds"] == 2
+    assert spread["apgr_mean"] == pytest.approx((apgr["policy/seed-0"] + apgr["policy/seed-1"]) / 2)
+    report = (result.output_dir / "report.md").read_text()
+    assert "## Seeds" in report and f"mean APGR {spread['apgr_mean']:.3f}" in report
+    assert "Calibrated operating points on this split: `policy/seed-1`" in report
+
+
+def test_seeds_without_trained_policies_are_a_clear_error(small_eval_cfg, tmp_path) -> None:
+    raw = small_eval_cfg.model_dump(mode="json")
+    raw["output_dir"] = str(tmp_path)
+    with pytest.raises(ValueError, match="steproute train --seeds 0,3"):
+        evaluate(parse_config(raw), seeds=[0, 3], track=False)
+
+
+def test_cli_rejects_malformed_seeds() -> None:
+    for bad in ("a,b", "1,1"):
+        result = CliRunner().invoke(app, ["evaluate", "--seeds", bad])
+        assert result.exit_code != 0 and "--seeds" in result.output, result.output

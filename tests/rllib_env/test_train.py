@@ -99,3 +99,20 @@ def test_feature_statistics_describe_the_observations(tiny_training_cfg, testbed
     # Questions differ in length, and the random routing escalated some steps.
     assert std[FEATURE_NAMES.index("traj/prompt_length")] > STD_FLOOR
     assert mean[FEATURE_NAMES.index("traj/prev_escalated")] > 0.0
+
+
+def test_train_seeds_exports_one_policy_per_seed(tiny_training_cfg, testbed_engines, tmp_path):
+    import yaml
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    config = tmp_path / "cfg.yaml"
+    config.write_text(yaml.safe_dump(tiny_training_cfg.model_dump(mode="json")))
+    args = ["train", "-c", str(config), "--seeds", "0,1", "--iterations", "1", "--no-mlflow"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    policies = [RouterPolicy.load(tiny_training_cfg.seed_dir(s) / "policy") for s in (0, 1)]
+    assert not (tmp_path / "policy").exists()  # seeds never overwrite the single policy
+    first, second = (p.state_dict()["head.weight"] for p in policies)
+    assert not torch.equal(first, second)  # the seed reached the network's initialization
