@@ -62,8 +62,10 @@ def _area(xs: np.ndarray, ys: np.ndarray, left: float) -> float:
         a, b = max(x0, 0.0), min(x1, 1.0)
         if b <= a or x1 == x0:
             continue
-        slope = (y1 - y0) / (x1 - x0)
-        ya, yb = y0 + slope * (a - x0), y0 + slope * (b - x0)
+        # Interpolate by the fraction of the segment: a slope would overflow on a segment only
+        # a few subnormal floats wide.
+        ya = y0 + (y1 - y0) * ((a - x0) / (x1 - x0))
+        yb = y0 + (y1 - y0) * ((b - x0) / (x1 - x0))
         area += (ya + yb) / 2 * (b - a)
     return float(area)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from pipeline import metrics
@@ -92,6 +92,7 @@ def test_apgr_is_auc_rescaled_by_the_gap(points, small_cost, small) -> None:
     assert metrics.apgr(points, small, large, small_cost) == pytest.approx(expected, abs=1e-9)
 
 
+@example(points=[(0.0, 0.0), (2.225073858507e-311, 1.0)], small_cost=0.0)  # a subnormal-wide jump
 @given(curves, st.floats(0.0, 0.6))
 def test_auc_lies_between_the_lowest_and_highest_accuracy(points, small_cost) -> None:
     accuracies = [a for _, a in points]
