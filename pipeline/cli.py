@@ -388,29 +388,27 @@ def train_command(
         shown = ", ".join(f"{k.split('/')[1]} {metrics[k]:.3f}" for k in keys if k in metrics)
         console.print(f"iteration {iteration}: {shown} ({time.perf_counter() - started:.0f} s)")
 
-    if not seed_list:
-        policy = train(
-            cfg, resume=resume, iterations=iterations, on_iteration=show, track=not no_mlflow
+    # One run, or one per seed: its config, its output folder (None: <output_dir>), its label.
+    runs = [
+        (
+            cfg.model_copy(update={"training": cfg.training.model_copy(update={"seed": s})}),
+            cfg.seed_dir(s),
+            f"seed {s}: ",
         )
-        console.print(
-            f"trained in {(time.perf_counter() - started) / 60:.1f} min; policy: {policy}"
-        )
-        return
-    for seed in seed_list:
-        seeded = cfg.model_copy(update={"training": cfg.training.model_copy(update={"seed": seed})})
+        for s in seed_list
+    ] or [(cfg, None, "")]
+    for run_cfg, output_dir, prefix in runs:
         began = time.perf_counter()
-        console.print(f"[bold]seed {seed}[/]")
         policy = train(
-            seeded,
+            run_cfg,
             resume=resume,
             iterations=iterations,
-            output_dir=cfg.seed_dir(seed),
+            output_dir=output_dir,
             on_iteration=show,
             track=not no_mlflow,
         )
-        console.print(
-            f"seed {seed}: trained in {(time.perf_counter() - began) / 60:.1f} min; policy: {policy}"
-        )
+        minutes = (time.perf_counter() - began) / 60
+        console.print(f"{prefix}trained in {minutes:.1f} min; policy: {policy}")
 
 
 @app.command("calibrate")

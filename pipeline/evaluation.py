@@ -80,9 +80,7 @@ def format_metric(value: float | None) -> str:
     return f"{value:.3f}"
 
 
-def _rows(
-    rule: RoutingRule, threshold: float, states: list[ReasoningState], controller
-) -> list[dict]:
+def _rows(label: str, threshold: float, states: list[ReasoningState], controller) -> list[dict]:
     rows = []
     for state in states:
         trace = [
@@ -97,7 +95,7 @@ def _rows(
         ]
         rows.append(
             {
-                "rule": rule.name,
+                "rule": label,
                 "threshold": threshold,
                 "problem_id": state.problem.id,
                 "correct": controller.is_correct(state),
@@ -151,7 +149,7 @@ async def evaluate_with(
             concurrency=ev.concurrency,
             progress=(lambda done, total: progress(shown, done, total)) if progress else None,
         )
-        rows.extend(row | {"rule": label} for row in _rows(rule, threshold, states, controller))
+        rows.extend(_rows(label, threshold, states, controller))
         return states
 
     async def sweep(rule: RoutingRule, label: str, policy_dir: Path | None = None) -> None:
