@@ -68,7 +68,12 @@ class RouterPolicy(nn.Module):
 
     @torch.no_grad()
     def escalation_probability(self, features) -> torch.Tensor:
-        """p(any larger model writes the step) for a batch of feature rows."""
+        """p(any larger model writes the step) for a batch of feature rows, in float64.
+
+        Summed over the escalating actions from float64 logits, not 1 − p(keep) in float32:
+        a confident policy's p(keep) rounds to 1 in float32, and 1 − p(keep) collapses the
+        drafts it is sure of onto a few values (0, 6e-8, 1.2e-7, ...) that no threshold can
+        separate. This way scores keep their order down to ~1e-300."""
         obs = torch.as_tensor(features, dtype=torch.float32).reshape(len(features), -1)
         # The named features this policy knows come first; features named after it was trained
         # are skipped; a draft embedding (the columns after all named ones) follows.
@@ -76,7 +81,8 @@ class RouterPolicy(nn.Module):
         inputs = obs[:, : self.num_named]
         if embedding:
             inputs = torch.cat([inputs, obs[:, NUM_FEATURES : NUM_FEATURES + embedding]], 1)
-        return 1.0 - torch.softmax(self(inputs), dim=-1)[:, 0]
+        logits = self(inputs).double()
+        return torch.softmax(logits, dim=-1)[:, 1:].sum(-1)
 
     # ------------------------------------------------------------------ hand-set baseline
 

@@ -50,9 +50,25 @@ def test_an_older_policy_reads_its_own_columns_when_features_were_added(tmp_path
     )
     old_obs = np.random.default_rng(2).random((5, NUM_FEATURES - 1 + 4))
     with torch.no_grad():  # the network on the observation layout it was trained with
-        expected = 1 - torch.softmax(old(torch.as_tensor(old_obs, dtype=torch.float32)), -1)[:, 0]
+        logits = old(torch.as_tensor(old_obs, dtype=torch.float32)).double()
+        expected = torch.softmax(logits, -1)[:, 1]
     folder = old.save(tmp_path / "p")
     new_obs = np.insert(old_obs, NUM_FEATURES - 1, 0.77, axis=1)  # the added feature's column
     loaded = RouterPolicy.load(folder)
     assert loaded.num_named == NUM_FEATURES - 1
     torch.testing.assert_close(loaded.escalation_probability(new_obs), expected)
+
+
+def test_escalation_scores_of_a_confident_policy_stay_ordered() -> None:
+    """p(keep) of 1 − 1e-9 and 1 − 1e-12 both round to 1 in float32; their escalation scores
+    must still differ and keep the logits' order (calibration thresholds between them)."""
+    policy = RouterPolicy(hidden_sizes=())
+    with torch.no_grad():
+        policy.head.weight.zero_()
+        policy.head.bias.zero_()
+        policy.head.weight[0, 0] = 1.0  # keep logit = feature 0; escalate logit = 0
+    margins = np.array([[9.0], [12.0], [20.0], [27.0], [40.0]]) * np.log(10)
+    obs = np.hstack([margins, np.zeros((5, NUM_FEATURES - 1))])
+    scores = policy.escalation_probability(obs).numpy()
+    assert np.all(np.diff(scores) < 0)
+    np.testing.assert_allclose(scores, np.exp(-margins[:, 0]), rtol=1e-3)

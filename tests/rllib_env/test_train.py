@@ -32,7 +32,7 @@ def test_exported_policy_gives_the_modules_action_probabilities(tmp_path) -> Non
     logits = module.forward_inference({"obs": obs})["action_dist_inputs"]
     loaded = RouterPolicy.load(module.policy.save(tmp_path / "policy"))
     expected = 1 - torch.softmax(logits, -1)[:, 0]
-    torch.testing.assert_close(loaded.escalation_probability(obs), expected.detach())
+    torch.testing.assert_close(loaded.escalation_probability(obs), expected.detach().double())
 
 
 @pytest.fixture
