@@ -10,9 +10,11 @@ from hypothesis import strategies as st
 from pipeline.calibration import (
     GridPoint,
     OperatingPoint,
+    bernstein_upper_bound,
     binomial_upper_bound,
     calibrate_accuracy,
     calibrate_budget,
+    cost_upper_bound,
     hoeffding_upper_bound,
     load_operating_points,
     save_operating_points,
@@ -90,6 +92,36 @@ def test_bounds_are_upper_bounds() -> None:
     assert hoeffding_upper_bound(values, 0.1, 1.0) > 0.3
     assert 0.05 < binomial_upper_bound(5, 100, 0.1) < 0.12
     assert binomial_upper_bound(100, 100, 0.1) == 1.0
+
+
+def test_cost_bounds_cover_the_true_mean_and_bernstein_is_tighter_on_narrow_costs() -> None:
+    """Per-problem costs like a router's: most near the draft cost, a few escalated ones up to
+    the bound. Each bound must hold in >= 1 − δ of repeated samples; the variance-aware one is
+    the tighter here, and the combined bound is never looser than Hoeffding at δ/2."""
+    delta, n, upper, trials = 0.1, 1000, 1.3, 300
+    rng = np.random.default_rng(0)
+
+    def costs(size: int) -> np.ndarray:
+        escalated = rng.random(size) < 0.2
+        return np.where(escalated, rng.uniform(0.4, upper, size), rng.uniform(0.15, 0.25, size))
+
+    true_mean = float(np.mean(costs(2_000_000)))
+    misses = {"hoeffding": 0, "bernstein": 0, "combined": 0}
+    widths = {name: [] for name in misses}
+    for _ in range(trials):
+        sample = costs(n)
+        bounds = {
+            "hoeffding": hoeffding_upper_bound(sample, delta, upper),
+            "bernstein": bernstein_upper_bound(sample, delta, upper),
+            "combined": cost_upper_bound(sample, delta, upper),
+        }
+        for name, bound in bounds.items():
+            misses[name] += bound < true_mean
+            widths[name].append(bound - sample.mean())
+        assert bounds["combined"] <= hoeffding_upper_bound(sample, delta / 2, upper) + 1e-12
+    assert all(m / trials <= delta for m in misses.values()), misses
+    assert np.mean(widths["bernstein"]) < 0.8 * np.mean(widths["hoeffding"])
+    assert np.mean(widths["combined"]) < np.mean(widths["hoeffding"])
 
 
 def test_operating_points_round_trip(tmp_path) -> None:
