@@ -270,7 +270,8 @@ def summarize(results: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
         if column.startswith("cost_")
     }
     summary = []
-    for rule, curve in _curves(points).items():
+    curves = _curves(points)
+    for rule, curve in curves.items():
         row = {"rule": rule, "points": len(curve)}
         row["auc"] = metrics.auc(curve, acc_small, small_cost)
         if acc_large != acc_small:
@@ -283,6 +284,10 @@ def summarize(results: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
                 curves[rule], acc_large - 0.01
             )
         row["best_accuracy"] = max(a for _, a in curve)
+        if "confidence_threshold" in curves and rule != "confidence_threshold":
+            row["shortfall/confidence_threshold"] = metrics.shortfall(
+                curve, curves["confidence_threshold"], acc_small, small_cost
+            )
         summary.append(row)
     return points, pd.DataFrame(summary)
 

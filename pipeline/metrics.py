@@ -12,6 +12,8 @@ RouteLLM's x axis runs from "every call to the weak model" to "every call to the
 - `cpt(f)`: the lowest normalized cost at which PGR first reaches f (NaN if never).
 - `cost_at_accuracy`: the lowest normalized cost at which accuracy first reaches a value (the
   reports ask for the large model's accuracy minus one point; NaN if never).
+- `shortfall`: the most accuracy a reference curve has over this one at any x in [0, 1]
+  (0 when this curve is at or above it everywhere): where a router loses to a baseline.
 
 Between points the curve is linear. Outside a rule's own points, over [0, 1]:
 - left of its cheapest point, it scores PGR 0 (accuracy = small-only): nothing it can run costs
@@ -31,7 +33,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["apgr", "auc", "cost_at_accuracy", "cpt", "pgr"]
+__all__ = ["apgr", "auc", "cost_at_accuracy", "cpt", "pgr", "shortfall"]
 
 Point = tuple[float, float]  # (normalized cost, accuracy)
 
@@ -116,3 +118,28 @@ def cpt(
 def cost_at_accuracy(points: Sequence[Point], accuracy: float) -> float:
     costs, accs = _sorted(points)
     return _first_crossing(costs, accs, accuracy)
+
+
+def _curve_at(xs: np.ndarray, ys: np.ndarray, left: float, at: np.ndarray) -> np.ndarray:
+    """The curve of `_area` evaluated at `at`: `left` before its first point, linear between
+    points, flat after its last."""
+    values = np.interp(at, xs, ys)
+    return np.where(at < xs[0], left, values)
+
+
+def shortfall(
+    points: Sequence[Point], reference: Sequence[Point], small_accuracy: float, small_cost: float
+) -> float:
+    """max over x in [0, 1] of reference accuracy − this curve's accuracy, floored at 0: how
+    far below `reference` the curve dips anywhere from small-only to large-only cost."""
+    own_costs, own_accs = _sorted(points)
+    ref_costs, ref_accs = _sorted(reference)
+    own_x, ref_x = _x(own_costs, small_cost), _x(ref_costs, small_cost)
+    knots = np.concatenate([own_x, ref_x])
+    at = np.unique(
+        np.concatenate([np.linspace(0.0, 1.0, 1001), knots[(knots >= 0) & (knots <= 1)]])
+    )
+    gap = _curve_at(ref_x, ref_accs, small_accuracy, at) - _curve_at(
+        own_x, own_accs, small_accuracy, at
+    )
+    return float(max(0.0, gap.max()))

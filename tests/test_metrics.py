@@ -109,3 +109,16 @@ def test_cost_at_accuracy_reaches_the_target(points, target) -> None:
     else:
         costs = sorted(c for c, _ in points)
         assert costs[0] <= cost <= costs[-1]
+
+
+def test_shortfall_is_the_deepest_dip_below_the_reference() -> None:
+    small, large = (0.2, 0.6), (1.0, 0.9)
+    reference = [small, (0.4, 0.8), large]
+    # Above the reference except near cost 0.4, where it is 0.1 below (x = 0.25).
+    curve = [small, (0.3, 0.8), (0.4, 0.7), (0.5, 0.88), large]
+    assert metrics.shortfall(curve, reference, 0.6, 0.2) == pytest.approx(0.1)
+    assert metrics.shortfall(reference, reference, 0.6, 0.2) == 0.0
+    # A curve everywhere above the reference has none; the reference then falls short.
+    ideal = [small, (0.25, 0.9), large]
+    assert metrics.shortfall(ideal, reference, 0.6, 0.2) == 0.0
+    assert metrics.shortfall(reference, ideal, 0.6, 0.2) > 0.05
