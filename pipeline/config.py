@@ -179,7 +179,9 @@ class RoutingConfig(_Frozen):
 
 
 class TrainingConfig(_Frozen):
-    iterations: int = Field(20, ge=1)
+    iterations: int = Field(
+        20, ge=0, description="PPO iterations (0: the warm-started policy is the result)."
+    )
     lr: float = Field(3e-4, gt=0)
     gamma: float = Field(1.0, gt=0, le=1)
     gae_lambda: float = Field(
@@ -195,6 +197,17 @@ class TrainingConfig(_Frozen):
     entropy_coeff: float = Field(0.0, ge=0, description="PPO entropy bonus.")
     initial_escalation: float = Field(
         0.5, gt=0, lt=1, description="p(escalate) of the untrained policy."
+    )
+    warm_start_problems: int = Field(
+        0,
+        ge=0,
+        description="Label the drafts of this many training problems by Monte-Carlo rollouts "
+        "and fit the policy to them before PPO (pipeline.labels; 0: PPO from scratch).",
+    )
+    warm_start_epochs: int = Field(20, ge=1, description="Passes over the labelled drafts.")
+    warm_start_lr: float = Field(3e-3, gt=0)
+    warm_start_weight_decay: float = Field(
+        0.0, ge=0, description="AdamW weight decay of the warm start."
     )
     standardize_features: bool = Field(
         True,

@@ -24,7 +24,8 @@ __all__ = ["RouterRLModule"]
 class RouterRLModule(TorchRLModule, ValueFunctionAPI):
     """`model_config`: {"hidden_sizes": [64, 64], "initial_escalation": 0.5} and, optionally,
     "feature_mean" / "feature_std" (per-feature statistics the inputs are standardized with; see
-    `rllib_env.train.feature_statistics`)."""
+    `rllib_env.train.feature_statistics`) and "warm_start" (a `RouterPolicy` folder whose weights
+    and statistics the policy starts from; see `rllib_env.train.warm_start`)."""
 
     def setup(self) -> None:
         hidden = tuple(self.model_config.get("hidden_sizes", (64, 64)))
@@ -41,6 +42,9 @@ class RouterRLModule(TorchRLModule, ValueFunctionAPI):
             self.policy.set_feature_statistics(
                 self.model_config["feature_mean"], self.model_config["feature_std"]
             )
+        if "warm_start" in self.model_config:  # a fitted RouterPolicy folder (pipeline.labels)
+            start = RouterPolicy.load(self.model_config["warm_start"])
+            self.policy.load_state_dict(start.state_dict())
         body, width = mlp_body(num_features, hidden)
         self.value_net = nn.Sequential(*body, nn.Linear(width, 1))
 

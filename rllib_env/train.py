@@ -8,9 +8,12 @@ Everything is logged to MLflow; checkpoints every `training.checkpoint_every` it
 (`--resume` continues from the last one); the trained `RouterPolicy` is exported to
 `<output_dir>/policy` and logged as an MLflow artifact.
 
-Before the first iteration, `feature_statistics` routes a sample of training problems at random
-(at the untrained policy's escalation rate) and measures each feature's mean and spread; the
-module standardizes its inputs with them (`training.standardize_features`).
+Before the first iteration, with `training.warm_start_problems`, `warm_start` labels the drafts
+of that many training problems by Monte-Carlo rollouts and fits the policy to them (its inputs
+standardized on those drafts); PPO continues from that policy. Without it, `feature_statistics`
+routes a sample of training problems at random (at the untrained policy's escalation rate) and
+measures each feature's mean and spread; the module standardizes its inputs with them
+(`training.standardize_features`) and PPO starts from p(escalate) = `initial_escalation`.
 """
 
 from __future__ import annotations
@@ -34,7 +37,14 @@ from rllib_env.module import RouterRLModule
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LagrangianCallback", "build_ppo_config", "dual_update", "feature_statistics", "train"]
+__all__ = [
+    "LagrangianCallback",
+    "build_ppo_config",
+    "dual_update",
+    "feature_statistics",
+    "train",
+    "warm_start",
+]
 
 MODULE_ID = "router"
 STD_FLOOR = 0.05  # a feature (nearly) constant on the sample is centred, not blown up
@@ -118,10 +128,66 @@ def feature_statistics(
     return rows.mean(0).tolist(), np.maximum(rows.std(0), STD_FLOOR).tolist()
 
 
+def warm_start(
+    cfg: ExperimentConfig, folder: Path, engines: dict | None = None
+) -> tuple[Path, dict[str, float]]:
+    """The supervised warm start: label the drafts of `training.warm_start_problems` training
+    problems by Monte-Carlo rollouts (`pipeline.labels`), standardize the inputs on those
+    drafts, fit a `RouterPolicy` and save it to `folder`. Returns the folder and its metrics."""
+    import asyncio
+
+    import numpy as np
+    import torch
+
+    from pipeline.cache import StepCache
+    from pipeline.controller import Controller
+    from pipeline.data import load_split
+    from pipeline.engines.launch import start_engines
+    from pipeline.labels import fit_policy, monte_carlo_labels
+    from pipeline.policy import RouterPolicy
+
+    t = cfg.training
+    started = time.perf_counter()
+    if engines is None:
+        engines = start_engines(cfg.models, use_ray=True, cache=StepCache(cfg.step_cache_dir))
+    problems = load_split(cfg.dataset, "train")[: t.warm_start_problems]
+    controller = Controller(cfg, engines)
+    labels = asyncio.run(
+        monte_carlo_labels(controller, problems, concurrency=cfg.evaluation.concurrency)
+    )
+    labelled = time.perf_counter()
+    with torch.random.fork_rng():  # the seed picks the initial weights, nothing else
+        torch.manual_seed(t.seed)
+        policy = RouterPolicy(t.hidden_sizes, len(cfg.models), labels.features.shape[1])
+    if t.standardize_features:
+        spread = np.maximum(labels.features.std(0), STD_FLOOR)
+        policy.set_feature_statistics(labels.features.mean(0), spread)
+    losses = fit_policy(
+        policy,
+        labels,
+        epochs=t.warm_start_epochs,
+        lr=t.warm_start_lr,
+        weight_decay=t.warm_start_weight_decay,
+        seed=t.seed,
+    )
+    policy.save(folder)
+    metrics = {
+        "warm/drafts": float(len(labels.keep_ok)),
+        "warm/escalate_share": labels.escalate_share,
+        "warm/rollouts": float(labels.rollouts),
+        "warm/loss": losses[-1],
+        "warm/label_seconds": labelled - started,
+        "warm/fit_seconds": time.perf_counter() - labelled,
+    }
+    log.info("warm start: %s", {k: round(v, 4) for k, v in metrics.items()})
+    return folder, metrics
+
+
 def build_ppo_config(
     cfg: ExperimentConfig,
     env_extra: dict | None = None,
     feature_stats: tuple[list[float], list[float]] | None = None,
+    warm_start_dir: Path | None = None,
 ) -> PPOConfig:
     t = cfg.training
     model_config = {
@@ -130,6 +196,8 @@ def build_ppo_config(
     }
     if feature_stats is not None:
         model_config |= {"feature_mean": feature_stats[0], "feature_std": feature_stats[1]}
+    if warm_start_dir is not None:
+        model_config["warm_start"] = str(Path(warm_start_dir).resolve())
     extra = {
         "training": {
             "cost_weight": t.cost_weight,
@@ -210,12 +278,15 @@ def train(
     last = _last_checkpoint(checkpoints) if resume else None
     if resume and last is None:
         log.warning("--resume: no checkpoint under %s; starting fresh", checkpoints)
-    stats = None
-    # A resumed module restores its statistics with its weights: measure them on a fresh start only.
-    if cfg.training.standardize_features and last is None:
-        stats = feature_statistics(cfg, (env_extra or {}).get("engines"))
+    stats, warm, warm_metrics = None, None, {}
+    engines = (env_extra or {}).get("engines")
+    # A resumed module restores its weights and statistics: a fresh start only measures them.
+    if cfg.training.warm_start_problems and last is None:
+        warm, warm_metrics = warm_start(cfg, out / "train" / "warm_start", engines)
+    elif cfg.training.standardize_features and last is None:
+        stats = feature_statistics(cfg, engines)
         log.info("feature means %s, spreads %s", _rounded(stats[0]), _rounded(stats[1]))
-    config = build_ppo_config(cfg, env_extra, stats)
+    config = build_ppo_config(cfg, env_extra, stats, warm)
     start_iteration = 0
     if last is not None:
         state = json.loads((last / "steproute.json").read_text())
@@ -237,6 +308,8 @@ def train(
     try:
         import mlflow
 
+        if track and warm_metrics:
+            mlflow.log_metrics(warm_metrics, step=0)
         for iteration in range(start_iteration + 1, total + 1):
             started = time.perf_counter()
             result = algo.train()

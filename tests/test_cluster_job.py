@@ -118,6 +118,7 @@ def _job_config(tmp_path: Path) -> Path:
         "concurrency": 8,
         "num_env_runners": 1,
         "env_runner_resources": {"env_runner": 1},
+        "warm_start_problems": 8,
     }
     cfg["calibration"] |= {"limit": 8, "method": "quantile", "grid_targets": [0.3, 0.7]}
     cfg["evaluation"] |= {

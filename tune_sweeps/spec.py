@@ -30,6 +30,7 @@ from pipeline.config import read_yaml_mapping
 __all__ = [
     "AXES",
     "FINAL_METRICS",
+    "INTEGER_AXES",
     "TRAINING_METRICS",
     "Axis",
     "SweepSpec",
@@ -46,8 +47,14 @@ AXES: dict[str, tuple[str, str]] = {
     "initial_escalation": ("training", "initial_escalation"),
     "train_batch_size": ("training", "train_batch_size"),
     "seed": ("training", "seed"),
+    "ppo_iterations": ("training", "iterations"),  # overrides the spec's `iterations`
+    "warm_start_problems": ("training", "warm_start_problems"),
+    "warm_start_epochs": ("training", "warm_start_epochs"),
     "budget": ("routing", "budget"),
 }
+INTEGER_AXES = frozenset(
+    {"seed", "train_batch_size", "ppo_iterations", "warm_start_problems", "warm_start_epochs"}
+)
 # Reported by every training iteration (ASHA can act on these).
 TRAINING_METRICS = (
     "rollout/objective",  # accuracy − λ·cost per problem: the per-problem reward's mean

@@ -40,7 +40,7 @@ from pipeline.calibration import (
     save_operating_points,
 )
 from pipeline.config import ExperimentConfig, merge_dicts, parse_config
-from tune_sweeps.spec import AXES, FINAL_METRICS, TRAINING_METRICS, SweepSpec
+from tune_sweeps.spec import AXES, FINAL_METRICS, INTEGER_AXES, TRAINING_METRICS, SweepSpec
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def trial_config(
     for name, value in params.items():
         section, key = AXES[name]
         overrides.setdefault(section, {})[key] = (
-            int(value) if name in ("seed", "train_batch_size") else float(value)
+            int(value) if name in INTEGER_AXES else float(value)
         )
     if "budget" in params:
         overrides.setdefault("training", {})["dual_ascent"] = True
@@ -93,7 +93,7 @@ def run_trial(params: dict, *, experiment: dict, spec: dict, root: str) -> None:
         attempts.write(f"{time.time():.0f}\n")
     cfg = trial_config(base, params, spec_, out)
 
-    last: dict[str, float] = {}
+    last: dict[str, float] = dict.fromkeys(TRAINING_METRICS, math.nan)
 
     def on_iteration(iteration: int, metrics: dict) -> None:
         # Every key present in every report (ASHA reads one; Tune checks strictly).
@@ -108,7 +108,7 @@ def run_trial(params: dict, *, experiment: dict, spec: dict, root: str) -> None:
     policy = train(
         cfg,
         resume=True,
-        iterations=spec_.iterations,
+        iterations=cfg.training.iterations if "ppo_iterations" in params else spec_.iterations,
         output_dir=out,
         on_iteration=on_iteration,
         track=False,

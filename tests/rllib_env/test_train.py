@@ -47,6 +47,7 @@ def tiny_training_cfg(testbed_cfg, tmp_path):
         "concurrency": 8,
         "checkpoint_every": 1,
         "hidden_sizes": [16, 16],
+        "warm_start_problems": 0,  # PPO from scratch; the warm start has its own test
     }
     return parse_config(raw)
 
@@ -116,3 +117,25 @@ def test_train_seeds_exports_one_policy_per_seed(tiny_training_cfg, testbed_engi
     assert not (tmp_path / "policy").exists()  # seeds never overwrite the single policy
     first, second = (p.state_dict()["head.weight"] for p in policies)
     assert not torch.equal(first, second)  # the seed reached the network's initialization
+
+
+def test_ppo_starts_from_the_warm_started_policy(tiny_training_cfg, testbed_engines, tmp_path):
+    """The supervised warm start (Monte-Carlo labels on a few training problems) is saved, PPO's
+    module loads it whole (weights and input statistics), and PPO then moves it."""
+    raw = tiny_training_cfg.model_dump(mode="json")
+    raw["training"] |= {"warm_start_problems": 12, "warm_start_epochs": 5, "iterations": 0}
+    warm_only = train(parse_config(raw), env_extra={"engines": testbed_engines}, track=False)
+    warm = RouterPolicy.load(tmp_path / "train" / "warm_start")
+    width = warm.num_features
+    assert width == NUM_FEATURES + tiny_training_cfg.routing.draft_embedding_dim
+    assert not torch.equal(warm.feature_std, torch.ones(width))  # measured on the labelled drafts
+    obs = np.random.default_rng(0).random((16, width))
+    torch.testing.assert_close(
+        RouterPolicy.load(warm_only).escalation_probability(obs), warm.escalation_probability(obs)
+    )
+    raw["training"] |= {"iterations": 1}
+    raw["output_dir"] = str(tmp_path / "with_ppo")
+    tuned = RouterPolicy.load(
+        train(parse_config(raw), env_extra={"engines": testbed_engines}, track=False)
+    )
+    assert not torch.allclose(tuned.escalation_probability(obs), warm.escalation_probability(obs))

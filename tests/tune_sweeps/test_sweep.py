@@ -145,7 +145,8 @@ def test_interrupted_sweep_restores_without_redoing_finished_trials(
     spec = {
         "name": "tiny",
         "iterations": 1,
-        "axes": {"cost_weight": {"grid": [0.2, 0.4]}},
+        # A warm start on 8 training problems (the config's is the whole split).
+        "axes": {"cost_weight": {"grid": [0.2, 0.4]}, "warm_start_problems": {"grid": [8]}},
         "search": {"algorithm": "grid"},
         "resources": {"cpus_per_trial": 1, "max_concurrent_trials": 1},
         "calibration_limit": 12,
