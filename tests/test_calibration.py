@@ -11,6 +11,7 @@ from pipeline.calibration import (
     GridPoint,
     OperatingPoint,
     bernstein_upper_bound,
+    betting_certifies,
     binomial_upper_bound,
     calibrate_accuracy,
     calibrate_budget,
@@ -122,6 +123,37 @@ def test_cost_bounds_cover_the_true_mean_and_bernstein_is_tighter_on_narrow_cost
     assert all(m / trials <= delta for m in misses.values()), misses
     assert np.mean(widths["bernstein"]) < 0.8 * np.mean(widths["hoeffding"])
     assert np.mean(widths["combined"]) < np.mean(widths["hoeffding"])
+
+
+def _router_costs(rng: np.random.Generator, size: int, upper: float = 1.3) -> np.ndarray:
+    escalated = rng.random(size) < 0.2
+    return np.where(escalated, rng.uniform(0.4, upper, size), rng.uniform(0.15, 0.25, size))
+
+
+def test_the_betting_test_rarely_certifies_a_budget_the_mean_exceeds() -> None:
+    rng = np.random.default_rng(1)
+    true_mean = float(np.mean(_router_costs(rng, 2_000_000)))
+    # A budget just under the true mean: certifying it is an error, allowed with rate <= δ.
+    errors = sum(
+        betting_certifies(_router_costs(rng, 1000), true_mean - 0.002, 0.1, 1.3)
+        for _ in range(300)
+    )
+    assert errors / 300 <= 0.1
+
+
+def test_the_betting_test_certifies_budgets_nearer_the_mean_than_the_bounds() -> None:
+    rng = np.random.default_rng(2)
+    true_mean = float(np.mean(_router_costs(rng, 2_000_000)))
+    margins = {"betting": [], "bound": []}
+    for _ in range(40):
+        sample = _router_costs(rng, 1000)
+        grid = np.linspace(0.0, 0.2, 401)  # budgets above the true mean
+        certified = [b for b in grid if betting_certifies(sample, true_mean + b, 0.1, 1.3)]
+        margins["betting"].append(min(certified))
+        margins["bound"].append(cost_upper_bound(sample, 0.1, 1.3) - true_mean)
+    assert np.mean(margins["betting"]) < 0.8 * np.mean(margins["bound"])
+    assert betting_certifies(np.zeros(2), 0.5, 0.1, 1.0) is False  # too few problems to bet on
+    assert betting_certifies(np.zeros(50), 1.0, 0.1, 1.0)  # no cost can exceed the range
 
 
 def test_operating_points_round_trip(tmp_path) -> None:
