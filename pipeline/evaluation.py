@@ -192,6 +192,12 @@ def seed_policies(cfg: ExperimentConfig, seeds: list[int]) -> dict[str, Path]:
     return policies
 
 
+def _budget_of(point_name: str) -> float | None:
+    """0.5 for "budget-0.5"; None for an accuracy point."""
+    kind, value = point_name.split("-", 1)
+    return float(value) if kind == "budget" else None
+
+
 def calibrated_outcomes(
     policy_points: pd.DataFrame, calibrated: list[OperatingPoint], acc_large: float
 ) -> list[tuple[OperatingPoint, float, float, bool]]:
@@ -206,11 +212,11 @@ def calibrated_outcomes(
         if here.empty:
             continue
         cost, acc = float(here.cost_normalized.iloc[0]), float(here.accuracy.iloc[0])
-        kind, value = p.name.split("-", 1)
-        if kind == "budget":
-            met = cost <= float(value)
+        budget = _budget_of(p.name)
+        if budget is not None:
+            met = cost <= budget
         else:  # "accuracy-<fraction>xlarge": a fraction of large-only accuracy
-            met = acc >= float(value.removesuffix("xlarge")) * acc_large
+            met = acc >= float(p.name.split("-", 1)[1].removesuffix("xlarge")) * acc_large
         outcomes.append((p, cost, acc, met))
     return outcomes
 
@@ -429,16 +435,18 @@ def _report(cfg: ExperimentConfig, result: EvaluationResult, runs: list[dict], l
         "under accuracy over the same range. A rule with one operating point has no curve (—). "
         "CPT(x %) and cost@large are normalized costs (fraction of large-only cost): the "
         "lowest at which PGR reaches x %, and at which accuracy reaches the large model's "
-        "minus one point. `oracle` (testbed only) is the upper reference, not a baseline.",
+        "minus one point. `oracle` (testbed only) is the upper reference, not a baseline. "
+        "Shortfall: the most accuracy the confidence-threshold rule has over this rule at any "
+        "cost in that range (0: at or above it everywhere).",
         "",
-        "| rule | AUC | APGR | CPT50 | CPT80 | CPT95 | cost@large | best accuracy |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| rule | AUC | APGR | CPT50 | CPT80 | CPT95 | cost@large | best accuracy | shortfall |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for s in result.summary.to_dict("records"):
         lines.append(
             f"| {s['rule']} | {fmt(s['auc'])} | {fmt(s.get('apgr'))} | {fmt(s.get('cpt50'))} | "
             f"{fmt(s.get('cpt80'))} | {fmt(s.get('cpt95'))} | {fmt(s['cost_at_large_accuracy'])} "
-            f"| {fmt(s['best_accuracy'])} |"
+            f"| {fmt(s['best_accuracy'])} | {fmt(s.get('shortfall/confidence_threshold'))} |"
         )
     acc_large = float(result.points.loc[result.points.rule == "large_only", "accuracy"].iloc[0])
     models = [
@@ -476,30 +484,33 @@ def _report(cfg: ExperimentConfig, result: EvaluationResult, runs: list[dict], l
             "",
             "Chosen by `steproute calibrate` on the calibration split; measured here on held-out "
             "problems at exactly their κ. A budget point holds when its cost here stays within "
-            "its budget.",
+            "its budget; below budget: how much of the budget it left unspent here.",
             "",
             "| point | method | κ | calibration cost | calibration accuracy | cost here | "
-            "accuracy here | target met here |",
-            "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",
+            "accuracy here | target met here | below budget |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: |",
         ]
         for p, cost, acc, met in calibrated_outcomes(policy_points, calibrated, acc_large):
             knee = " (knee)" if p.knee else ""
+            budget = _budget_of(p.name)
             lines.append(
                 f"| {p.name}{knee} | {p.method} | {p.kappa:.4g} | {p.expected_cost:.3f} | "
-                f"{p.expected_accuracy:.3f} | {cost:.3f} | {acc:.3f} | {'yes' if met else 'NO'} |"
+                f"{p.expected_accuracy:.3f} | {cost:.3f} | {acc:.3f} | {'yes' if met else 'NO'} "
+                f"| {fmt(budget - cost if budget is not None else None)} |"
             )
+    which_policy = (
+        "one trained RouterPolicy per seed: "
+        + ", ".join(f"`{name}` in `{folder}`" for name, folder in result.policies.items())
+        if result.policies
+        else f"the trained RouterPolicy in `{policy_dir}`"
+        if policy_dir
+        else "the hand-set linear RouterPolicy (no trained policy found)"
+    )
+    ran_policy = any(rule.split("/")[0] == "policy" for rule in result.summary.rule)
     lines += [
         "",
-        "`policy`: "
-        + (
-            "one trained RouterPolicy per seed: "
-            + ", ".join(f"`{name}` in `{folder}`" for name, folder in result.policies.items())
-            if result.policies
-            else f"the trained RouterPolicy in `{policy_dir}`"
-            if policy_dir
-            else "the hand-set linear RouterPolicy (no trained policy found)"
-        )
-        + ". `large_only` makes no drafts; every other rule pays for each draft. "
+        (f"`policy`: {which_policy}. " if ran_policy else "")
+        + "`large_only` makes no drafts; every other rule pays for each draft. "
         "`large_likelihood` asks the large model for prompt logprobs of each draft and pays "
         "for it like any call: prefill of the context the large model has not processed in "
         "this trajectory, plus the draft. Costs are computed from each trajectory alone "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -125,6 +126,7 @@ def test_cli_evaluate_smoke(small_eval_cfg, testbed_engines, tmp_path) -> None:
     )
     assert result.exit_code == 0, result.output
     assert "TESTBED" in result.output and (tmp_path / "out" / "report.md").exists()
+    assert "RouterPolicy" not in (tmp_path / "out" / "report.md").read_text()  # policy not run
 
 
 def test_cli_evaluate_rejects_an_unknown_rule(tmp_path) -> None:
@@ -140,6 +142,19 @@ def test_policy_curve_includes_the_calibrated_points_checked_on_this_split(two_r
     assert "Calibrated operating points on this split" in report
     assert "| budget-0.5 | ltt | 0.05 |" in report
     assert "the trained RouterPolicy" in report
+    points = result.points
+    here = points[(points.rule == "policy") & (points.threshold == 0.05)].cost_normalized.iloc[0]
+    row = next(line for line in report.splitlines() if line.startswith("| budget-0.5 | ltt"))
+    assert row.endswith(f"| {0.5 - here:.3f} |")  # what the point left of its budget here
+
+
+def test_every_rule_gets_its_shortfall_against_the_confidence_rule(two_runs) -> None:
+    summary = two_runs[0].summary.set_index("rule")
+    column = summary["shortfall/confidence_threshold"]
+    assert np.isnan(column["confidence_threshold"])  # not measured against itself
+    assert (column.drop(["confidence_threshold", "small_only", "large_only"]) >= 0).all()
+    # Small-only never rises above small accuracy: it falls short wherever confidence gains.
+    assert column["small_only"] > 0
 
 
 def test_report_shows_the_oracle_and_cost_at_large_under_every_cost_model(two_runs) -> None:
