@@ -276,8 +276,8 @@ def summarize(results: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
         if column.startswith("cost_")
     }
     summary = []
-    curves = _curves(points)
-    for rule, curve in curves.items():
+    rule_curves = _curves(points)
+    for rule, curve in rule_curves.items():
         row = {"rule": rule, "points": len(curve)}
         row["auc"] = metrics.auc(curve, acc_small, small_cost)
         if acc_large != acc_small:
@@ -285,14 +285,14 @@ def summarize(results: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
             for pct in (50, 80, 95):
                 row[f"cpt{pct}"] = metrics.cpt(curve, acc_small, acc_large, pct / 100)
         row["cost_at_large_accuracy"] = metrics.cost_at_accuracy(curve, acc_large - 0.01)
-        for name, curves in others.items():
+        for name, model_curves in others.items():
             row[f"cost_at_large_accuracy/{name}"] = metrics.cost_at_accuracy(
-                curves[rule], acc_large - 0.01
+                model_curves[rule], acc_large - 0.01
             )
         row["best_accuracy"] = max(a for _, a in curve)
-        if "confidence_threshold" in curves and rule != "confidence_threshold":
+        if "confidence_threshold" in rule_curves and rule != "confidence_threshold":
             row["shortfall/confidence_threshold"] = metrics.shortfall(
-                curve, curves["confidence_threshold"], acc_small, small_cost
+                curve, rule_curves["confidence_threshold"], acc_small, small_cost
             )
         summary.append(row)
     return points, pd.DataFrame(summary)

@@ -10,6 +10,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from pipeline import metrics
 from pipeline.calibration import OperatingPoint, save_operating_points
 from pipeline.cli import app
 from pipeline.config import parse_config
@@ -155,6 +156,17 @@ def test_every_rule_gets_its_shortfall_against_the_confidence_rule(two_runs) -> 
     assert (column.drop(["confidence_threshold", "small_only", "large_only"]) >= 0).all()
     # Small-only never rises above small accuracy: it falls short wherever confidence gains.
     assert column["small_only"] > 0
+    # Measured on the configured cost model's curves (not another cost model's).
+    points = two_runs[0].points
+    curve = {
+        r: list(zip(g.cost_normalized, g.accuracy, strict=True)) for r, g in points.groupby("rule")
+    }
+    small = points[points.rule == "small_only"].iloc[0]
+    for rule in ("random", "policy", "oracle"):
+        expected = metrics.shortfall(
+            curve[rule], curve["confidence_threshold"], small.accuracy, small.cost_normalized
+        )
+        assert column[rule] == pytest.approx(expected)
 
 
 def test_report_shows_the_oracle_and_cost_at_large_under_every_cost_model(two_runs) -> None:
