@@ -297,7 +297,7 @@ def train(
     if last is not None:
         algo.restore_from_path(str(last.resolve()))
         log.info("resumed from %s (iteration %d)", last, start_iteration)
-    total = iterations or cfg.training.iterations
+    total = cfg.training.iterations if iterations is None else iterations
 
     run_context = None
     if track:

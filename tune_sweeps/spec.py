@@ -13,8 +13,9 @@ A YAML file beside the experiment config (e.g. `configs/sweeps/testbed_small.yam
     resources: {cpus_per_trial: 1, max_concurrent_trials: 2}
 
 Axes set training keys (`cost_weight`, `lr`, `entropy_coeff`, `gae_lambda`,
-`initial_escalation`, `train_batch_size`, `seed`) or `budget`, which turns on dual ascent
-toward that budget. A spec that names an unknown axis, a sampler that cannot be searched by the
+`initial_escalation`, `train_batch_size`, `seed`, `warm_start_problems`, `warm_start_epochs`,
+`ppo_iterations` — which replaces the spec's `iterations` for its trials, 0 keeping the warm
+start as it is) or `budget`, which turns on dual ascent toward that budget. A spec that names an unknown axis, a sampler that cannot be searched by the
 chosen algorithm, or an impossible range fails with `SweepSpecError` before any trial starts.
 """
 
