@@ -135,8 +135,7 @@ def test_the_betting_test_rarely_certifies_a_budget_the_mean_exceeds() -> None:
     true_mean = float(np.mean(_router_costs(rng, 2_000_000)))
     # A budget just under the true mean: certifying it is an error, allowed with rate <= δ.
     errors = sum(
-        betting_certifies(_router_costs(rng, 1000), true_mean - 0.002, 0.1, 1.3)
-        for _ in range(300)
+        betting_certifies(_router_costs(rng, 1000), true_mean - 0.002, 0.1, 1.3) for _ in range(300)
     )
     assert errors / 300 <= 0.1
 

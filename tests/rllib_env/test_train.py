@@ -74,7 +74,7 @@ def test_training_resumes_from_the_last_checkpoint_after_a_crash(
     assert seen == [2, 3]
     assert (policy_dir / "policy.json").exists()
     assert RouterPolicy.load(policy_dir).escalation_probability(
-        np.full((1, NUM_FEATURES), 0.5)
+        np.full((1, NUM_FEATURES + tiny_training_cfg.routing.draft_embedding_dim), 0.5)
     ).shape == (1,)
 
 
@@ -95,7 +95,8 @@ def test_feature_statistics_describe_the_observations(tiny_training_cfg, testbed
     from rllib_env.train import STD_FLOOR, feature_statistics
 
     mean, std = feature_statistics(tiny_training_cfg, testbed_engines, problems=24)
-    assert len(mean) == len(std) == NUM_FEATURES
+    width = NUM_FEATURES + tiny_training_cfg.routing.draft_embedding_dim  # + the draft embedding
+    assert len(mean) == len(std) == width
     assert all(0.0 <= m <= 1.0 for m in mean) and all(s >= STD_FLOOR for s in std)
     # Questions differ in length, and the random routing escalated some steps.
     assert std[FEATURE_NAMES.index("traj/prompt_length")] > STD_FLOOR
