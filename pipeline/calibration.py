@@ -67,6 +67,12 @@ class OperatingPoint:
     policy: str | None = None  # the policy folder, when not the one the file sits beside
     knee: bool = False  # the chosen point furthest above the small-to-large chord (Serve default)
 
+    @property
+    def budget(self) -> float | None:
+        """0.3 for the point named "budget-0.3"; None for an accuracy point."""
+        kind, _, value = self.name.partition("-")
+        return float(value) if kind == "budget" else None
+
 
 def hoeffding_upper_bound(values: np.ndarray, delta: float, upper: float) -> float:
     """1 − δ upper confidence bound on the mean of i.i.d. values in [0, upper]."""
@@ -109,7 +115,7 @@ def betting_certifies(values: np.ndarray, budget: float, delta: float, upper: fl
     sums = np.concatenate([[0.0], np.cumsum(x)[:-1]])
     counts = np.arange(n, dtype=float)
     means = (0.5 + sums) / (counts + 1)
-    squares = np.concatenate([[0.0], np.cumsum((x - np.concatenate([[0.5], means[1:]])) ** 2)[:-1]])
+    squares = np.concatenate([[0.0], np.cumsum((x - means) ** 2)[:-1]])
     variances = (0.25 + squares) / (counts + 1)
     bets = np.minimum(np.sqrt(2 * math.log(1 / delta) / (n * variances)), 0.75 / (1 - m))
     log_wealth = np.cumsum(np.log1p(bets * (m - x)))

@@ -192,12 +192,6 @@ def seed_policies(cfg: ExperimentConfig, seeds: list[int]) -> dict[str, Path]:
     return policies
 
 
-def _budget_of(point_name: str) -> float | None:
-    """0.5 for "budget-0.5"; None for an accuracy point."""
-    kind, value = point_name.split("-", 1)
-    return float(value) if kind == "budget" else None
-
-
 def calibrated_outcomes(
     policy_points: pd.DataFrame, calibrated: list[OperatingPoint], acc_large: float
 ) -> list[tuple[OperatingPoint, float, float, bool]]:
@@ -212,9 +206,8 @@ def calibrated_outcomes(
         if here.empty:
             continue
         cost, acc = float(here.cost_normalized.iloc[0]), float(here.accuracy.iloc[0])
-        budget = _budget_of(p.name)
-        if budget is not None:
-            met = cost <= budget
+        if p.budget is not None:
+            met = cost <= p.budget
         else:  # "accuracy-<fraction>xlarge": a fraction of large-only accuracy
             met = acc >= float(p.name.split("-", 1)[1].removesuffix("xlarge")) * acc_large
         outcomes.append((p, cost, acc, met))
@@ -366,10 +359,14 @@ def _finish(fig, ax, xlabel: str, ylabel: str, title: str, path: Path) -> None:
     plt.close(fig)
 
 
+def _seed_rows(summary: pd.DataFrame, prefix: str = "policy/seed-") -> pd.DataFrame:
+    return summary[summary.rule.astype(str).str.startswith(prefix)]
+
+
 def seed_spread(summary: pd.DataFrame, prefix: str = "policy/seed-") -> dict[str, float]:
     """Mean, sample standard deviation, min and max of the seeds' APGR (rules named
     `<prefix><seed>`); empty when the summary has no seeds."""
-    apgr = summary[summary.rule.astype(str).str.startswith(prefix)].apgr.astype(float)
+    apgr = _seed_rows(summary, prefix).apgr.astype(float)
     if apgr.empty:
         return {}
     return {
@@ -385,7 +382,7 @@ def _seeds_section(result: EvaluationResult) -> list[str]:
     spread = seed_spread(result.summary)
     if not spread:
         return []
-    seeds = result.summary[result.summary.rule.astype(str).str.startswith("policy/seed-")]
+    seeds = _seed_rows(result.summary)
     lines = [
         "",
         "## Seeds",
@@ -492,11 +489,10 @@ def _report(cfg: ExperimentConfig, result: EvaluationResult, runs: list[dict], l
         ]
         for p, cost, acc, met in calibrated_outcomes(policy_points, calibrated, acc_large):
             knee = " (knee)" if p.knee else ""
-            budget = _budget_of(p.name)
             lines.append(
                 f"| {p.name}{knee} | {p.method} | {p.kappa:.4g} | {p.expected_cost:.3f} | "
                 f"{p.expected_accuracy:.3f} | {cost:.3f} | {acc:.3f} | {'yes' if met else 'NO'} "
-                f"| {fmt(budget - cost if budget is not None else None)} |"
+                f"| {fmt(p.budget - cost if p.budget is not None else None)} |"
             )
     which_policy = (
         "one trained RouterPolicy per seed: "

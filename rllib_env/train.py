@@ -102,6 +102,26 @@ class LagrangianCallback(RLlibCallback):
         result["steproute"] = summary
 
 
+def _run_on_engines(cfg: ExperimentConfig, engines: dict | None, work):
+    """`asyncio.run(work(controller))` on `engines`, or on the shared named engine actors behind
+    the step cache, which is flushed afterwards so the next run (another seed) reads it."""
+    import asyncio
+
+    from pipeline.cache import StepCache
+    from pipeline.controller import Controller
+    from pipeline.engines.launch import start_engines
+
+    cache = None
+    if engines is None:
+        cache = StepCache(cfg.step_cache_dir)
+        engines = start_engines(cfg.models, use_ray=True, cache=cache)
+    try:
+        return asyncio.run(work(Controller(cfg, engines)))
+    finally:
+        if cache is not None:
+            cache.flush()
+
+
 def feature_statistics(
     cfg: ExperimentConfig, engines: dict | None = None, problems: int = 128
 ) -> tuple[list[float], list[float]]:
@@ -109,21 +129,14 @@ def feature_statistics(
     `problems` training problems routed at random at `training.initial_escalation`, so the
     trajectory features vary as they will early in training. Engines: the shared named actors
     (with the step cache) unless given."""
-    import asyncio
-
     import numpy as np
 
-    from pipeline.cache import StepCache
-    from pipeline.controller import Controller
     from pipeline.data import load_split
-    from pipeline.engines.launch import start_engines
     from pipeline.rules import make_rule
 
-    if engines is None:
-        engines = start_engines(cfg.models, use_ray=True, cache=StepCache(cfg.step_cache_dir))
     sample = load_split(cfg.dataset, "train")[:problems]
     rule = make_rule("random", p=cfg.training.initial_escalation, seed=cfg.training.seed)
-    states = asyncio.run(Controller(cfg, engines).run(sample, rule))
+    states = _run_on_engines(cfg, engines, lambda controller: controller.run(sample, rule))
     rows = np.asarray([step.features for state in states for step in state.steps])
     return rows.mean(0).tolist(), np.maximum(rows.std(0), STD_FLOOR).tolist()
 
@@ -134,26 +147,22 @@ def warm_start(
     """The supervised warm start: label the drafts of `training.warm_start_problems` training
     problems by Monte-Carlo rollouts (`pipeline.labels`), standardize the inputs on those
     drafts, fit a `RouterPolicy` and save it to `folder`. Returns the folder and its metrics."""
-    import asyncio
-
     import numpy as np
     import torch
 
-    from pipeline.cache import StepCache
-    from pipeline.controller import Controller
     from pipeline.data import load_split
-    from pipeline.engines.launch import start_engines
     from pipeline.labels import fit_policy, monte_carlo_labels
     from pipeline.policy import RouterPolicy
 
     t = cfg.training
     started = time.perf_counter()
-    if engines is None:
-        engines = start_engines(cfg.models, use_ray=True, cache=StepCache(cfg.step_cache_dir))
     problems = load_split(cfg.dataset, "train")[: t.warm_start_problems]
-    controller = Controller(cfg, engines)
-    labels = asyncio.run(
-        monte_carlo_labels(controller, problems, concurrency=cfg.evaluation.concurrency)
+    labels = _run_on_engines(
+        cfg,
+        engines,
+        lambda controller: monte_carlo_labels(
+            controller, problems, concurrency=cfg.evaluation.concurrency
+        ),
     )
     labelled = time.perf_counter()
     with torch.random.fork_rng():  # the seed picks the initial weights, nothing else

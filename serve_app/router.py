@@ -51,9 +51,7 @@ class Route:
 
     @property
     def budget(self) -> float | None:
-        if self.point is not None and self.point.name.startswith("budget-"):
-            return float(self.point.name.removeprefix("budget-"))
-        return None
+        return None if self.point is None else self.point.budget
 
     def describe(self) -> dict:
         info: dict = {"rule": self.rule}
