@@ -11,9 +11,11 @@ training), and the same steps are generated three more ways:
 
 Decisions come from the `random` rule (15 % of steps escalated, drawn from problem and step), so
 every arm takes the same steps; the step cache is off and every arm starts with empty vLLM
-prefix caches. Goal at 64 in flight: env >= 0.7x the ceiling and >= 10x the floor.
+prefix caches. Each arm runs `--repeats` times and its fastest run counts: on a shared 2-core
+machine one run of the ceiling varies by +-15 %, and interference only ever slows an arm down.
+Goal at 64 in flight: env >= 0.8x the ceiling and >= 10x the floor.
 
-    python -m benchmarks.rollout --config configs/testbed.yaml [--quick] [--record]
+    python -m benchmarks.rollout --config configs/testbed.yaml [--quick] [--record] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -102,7 +104,27 @@ def scripted_actions(env, obs: dict, rule) -> dict[str, int]:
     return dict(zip(agents, rule.decide(observation).tolist(), strict=True))
 
 
-def ceiling_seconds(engines, calls) -> float:
+def fastest_episode(engines, env, calls: list, rule, repeats: int) -> EnvRun:
+    """The fastest of `repeats` identical episodes (same problems, same decisions)."""
+    runs = []
+    for _ in range(repeats):
+        calls.clear()
+        reset_prefix_caches(engines)
+        runs.append(run_episode(env, calls, rule))
+    return min(runs, key=lambda run: run.seconds)
+
+
+def _fastest_seconds(engines, generate, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        reset_prefix_caches(engines)
+        with timed() as t:
+            asyncio.run(generate())
+        best = min(best, t.seconds)
+    return best
+
+
+def ceiling_seconds(engines, calls, repeats: int = 1) -> float:
     """Every request of the run, one batch per model."""
     by_model: dict[str, list] = {}
     for model, requests, _ in calls:
@@ -112,23 +134,17 @@ def ceiling_seconds(engines, calls) -> float:
         for model, requests in by_model.items():
             await engines[model].generate_batch(requests)
 
-    reset_prefix_caches(engines)
-    with timed() as t:
-        asyncio.run(generate())
-    return t.seconds
+    return _fastest_seconds(engines, generate, repeats)
 
 
-def replay_seconds(engines, calls) -> float:
+def replay_seconds(engines, calls, repeats: int = 1) -> float:
     """The env's engine calls, in order, with nothing between them."""
 
     async def generate() -> None:
         for model, requests, _ in calls:
             await engines[model].generate_batch(requests)
 
-    reset_prefix_caches(engines)
-    with timed() as t:
-        asyncio.run(generate())
-    return t.seconds
+    return _fastest_seconds(engines, generate, repeats)
 
 
 def floor_rate(cfg, engines, problems: int, rule) -> tuple[float, int]:
@@ -143,8 +159,15 @@ def floor_rate(cfg, engines, problems: int, rule) -> tuple[float, int]:
 
 
 def main(argv=None) -> None:
-    args = parse_args("Rollout throughput of the multi-agent env vs. ceiling and floor", argv)
+    args = parse_args(
+        "Rollout throughput of the multi-agent env vs. ceiling and floor",
+        argv,
+        extra=lambda parser: parser.add_argument(
+            "--repeats", type=int, default=3, help="runs per arm; the fastest counts"
+        ),
+    )
     cfg = args.cfg
+    repeats = 1 if args.quick else max(1, args.repeats)
     levels = [1, 4] if args.quick else [1, 8, 32, 64]
     floor_problems = 4 if args.quick else 16
     started = time.perf_counter()
@@ -170,11 +193,10 @@ def main(argv=None) -> None:
     for in_flight in levels:
         problems = max(2 * in_flight, floor_problems)
         env, calls = make_env(cfg, engines, in_flight, problems)
-        reset_prefix_caches(engines)
-        run = run_episode(env, calls, rule)
+        run = fastest_episode(engines, env, calls, rule, repeats)
         rate = run.steps / run.seconds
-        ceiling = run.steps / ceiling_seconds(engines, run.calls)
-        replay = run.steps / replay_seconds(engines, run.calls)
+        ceiling = run.steps / ceiling_seconds(engines, run.calls, repeats)
+        replay = run.steps / replay_seconds(engines, run.calls, repeats)
         table.add(
             in_flight,
             problems,
@@ -192,10 +214,11 @@ def main(argv=None) -> None:
         f"floor (one problem at a time, {floor_problems} problems, {floor_steps} steps): "
         f"{floor:.2f} steps/s",
         f"decisions: `random` rule, {ESCALATION:.0%} of steps escalated; step cache off; "
-        "vLLM prefix caches emptied before every arm",
+        f"vLLM prefix caches emptied before every run; env, ceiling and replay: the fastest of "
+        f"{repeats} runs each",
         "engine-call time / env time: the env's calls summed; over 100 % when the small and "
         "the large engine work at the same time",
-        "goal at 64 in flight: env / ceiling >= 0.7x, env / floor >= 10x",
+        "goal at 64 in flight: env / ceiling >= 0.8x, env / floor >= 10x",
     ]
     report(args, [table], started)
 

@@ -9,9 +9,14 @@ joins in the same `step`. Every `step`:
        their terminal reward, and new ones join in the freed slots;
     3. concurrently, as batched calls: the larger models write the escalated steps
        (`controller.escalate`, one call per model) while the small model drafts the next step of
-       every problem from 2 (`controller.draft`) — the two engines work at the same time;
-    4. the escalated steps are appended, finished problems leave, new ones join, and one more
-       draft call covers them; only the agents that must decide next get an observation.
+       every problem from 2, and of the problems waiting from the previous `step`
+       (`controller.draft`) — the two engines work at the same time;
+    4. the escalated steps are appended, finished problems leave, and new ones join; these
+       problems *wait*: their next drafts join the next `step`'s draft call instead of a call of
+       their own (one draft call per `step`, not two, and a larger batch), unless no other agent
+       is left to act. Only the agents that must decide next get an observation. A waiting
+       agent's reward comes in this `step`'s rewards; RLlib holds it with the agent's action
+       until the agent's next observation (a "hanging" action in `MultiAgentEpisode`).
 
 Reward per decision: −λ·(cost of this step / large-only cost per problem), plus 1 at the end if
 the graded answer is correct. λ comes from config (`training.cost_weight`) and can be changed
@@ -91,6 +96,7 @@ class StepRoutingEnv(MultiAgentEnv):
         self._states: dict[str, ReasoningState] = {}
         self._drafts: dict[str, StepResult] = {}
         self._obs: dict[str, np.ndarray] = {}
+        self._waiting: list[str] = []  # escalated and joining agents, drafted in the next step
         self._queue: list = []
 
     # ------------------------------------------------------------------ RLlib API
@@ -102,7 +108,7 @@ class StepRoutingEnv(MultiAgentEnv):
             self.problems, min(self.episode_problems, len(self.problems))
         )
         self._queue.reverse()  # pop() from the end
-        self._states, self._drafts, self._obs = {}, {}, {}
+        self._states, self._drafts, self._obs, self._waiting = {}, {}, {}, []
         self._admitted = 0
         self.agents = []
         joined = self._admit()
@@ -119,13 +125,17 @@ class StepRoutingEnv(MultiAgentEnv):
         # The small and the large engine work at the same time.
         for aid in kept:
             self._take(aid, self._drafts[aid], self.controller.small, rewards, terminateds)
-        ready = [aid for aid in kept if aid in self._states] + self._admit()
+        waited = [aid for aid in self._waiting if aid in self._states]
+        ready = [aid for aid in kept if aid in self._states] + waited + self._admit()
         drafts, written = self._run(self._draft_while_escalating(ready, escalated, action_dict))
         for aid in escalated:
             self._take(aid, *written[aid], rewards, terminateds)
-        late = [aid for aid in escalated if aid in self._states] + self._admit()
-        drafts += self._run(self._draft(late))
-        obs = self._observe(ready + late, drafts)
+            if aid in self._states:  # its draft is spent: it waits for the next one
+                del self._drafts[aid], self._obs[aid]
+        self._waiting = [aid for aid in escalated if aid in self._states] + self._admit()
+        if not ready:  # nobody else would act: draft the waiting problems now
+            ready, drafts, self._waiting = self._waiting, self._run(self._draft(self._waiting)), []
+        obs = self._observe(ready, drafts)
         terminateds["__all__"] = not self._states and not self._queue
         return obs, rewards, terminateds, {"__all__": False}, {}
 
@@ -217,6 +227,10 @@ class StepRoutingEnv(MultiAgentEnv):
             aid: (self._states[aid].problem.id, len(self._states[aid].steps))
             for aid in self._drafts
         }
+
+    def waiting(self) -> list[str]:
+        """The agents that continue but act only after the next `step` (see step 4 above)."""
+        return list(self._waiting)
 
     def set_cost_weight(self, value: float) -> None:
         self.cost_weight = float(value)

@@ -23,6 +23,7 @@ def _episode(env, rng: random.Random, p_escalate: float = 0.4):
     log = [("reset", obs, {}, {})]
     seen_done: set[str] = set()
     last: dict[str, tuple[str, int]] = {}
+    pending: set[str] = set()
     while True:
         deciding = env.deciding()
         assert set(deciding) == set(obs)  # it names exactly the agents it asks to act
@@ -34,8 +35,12 @@ def _episode(env, rng: random.Random, p_escalate: float = 0.4):
         log.append((actions, obs, rewards, terminateds))
         assert set(rewards) == set(actions)  # every agent that acted gets its reward now
         assert not (set(obs) & seen_done)  # nothing for agents that are done
-        for aid in actions:
-            assert (aid in obs) != terminateds.get(aid, False)  # continues xor terminated
+        waiting = set(env.waiting())
+        assert not (waiting & set(obs))
+        for aid in actions:  # terminated, or acts again: now or after the next step
+            assert (aid in obs or aid in waiting) != terminateds.get(aid, False)
+        assert pending <= set(obs)  # last step's waiting agents act now
+        pending = waiting
         seen_done |= {a for a, t in terminateds.items() if t and a != "__all__"}
         assert truncateds == {"__all__": False}
         if terminateds["__all__"]:
