@@ -45,6 +45,8 @@ demo: setup
 
 test: setup
 	$(BIN)/ruff check .
+	@# Import contracts (pyproject.toml): layers and no cycles.
+	$(BIN)/lint-imports --no-cache
 	@# pytest exits 5 when it collected nothing: a failure here, never a pass.
 	$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc

@@ -29,9 +29,9 @@ from benchmarks.common import (
     timed,
 )
 from benchmarks.rollout import ESCALATION, make_env, run_episode
-from pipeline.cache import CachedEngine, StepCache
 from pipeline.controller import Controller
 from pipeline.data import load_split
+from pipeline.engines.cache import CachedEngine, StepCache
 from pipeline.rules import make_rule
 
 

@@ -36,8 +36,9 @@ from benchmarks.common import (
     start_uncached_engines,
     timed,
 )
-from pipeline.controller import Controller, Observation
+from pipeline.controller import Controller
 from pipeline.data import load_split
+from pipeline.features import Observation
 from pipeline.rules import make_rule
 
 ESCALATION = 0.15

@@ -1,8 +1,8 @@
 """Threshold calibration: pick the policy's threshold κ to meet a cost budget or an accuracy target.
 
 Input: for each candidate κ, the per-problem normalized cost and correctness measured on the
-calibration split (running the controller with `PolicyRule(κ)`; the step cache makes the grid
-cheap). Escalating more (lower κ) costs more, so the cheapest operating point that meets an
+calibration split (`pipeline.calibration_run` runs the controller with `PolicyRule(κ)`; the
+step cache makes the grid cheap). This module only computes on those rows. Escalating more (lower κ) costs more, so the cheapest operating point that meets an
 accuracy target is the largest κ that meets it, and the most accurate one within a budget is
 the smallest κ whose cost stays under it.
 
@@ -36,6 +36,7 @@ __all__ = [
     "binomial_upper_bound",
     "calibrate_accuracy",
     "calibrate_budget",
+    "choose_points",
     "chord_gain",
     "cost_upper_bound",
     "hoeffding_upper_bound",
@@ -253,45 +254,7 @@ def load_operating_points(folder: str | Path) -> list[OperatingPoint]:
     ]
 
 
-# ---------------------------------------------------------------------------- on the engines
-
-
-def policy_grid(cfg, policy_dir: str | Path, engines: dict | None = None):
-    """Run the policy over the κ grid (`calibration.grid_targets`) on the calibration split,
-    with the small-only and large-only baselines; returns the per-problem rows (evaluation
-    format)."""
-    import asyncio
-
-    from pipeline.cache import CachedEngine, StepCache
-    from pipeline.controller import Controller
-    from pipeline.data import load_split
-    from pipeline.engines.launch import shutdown_engines, start_engines
-    from pipeline.evaluation import evaluate_with
-
-    cal = cfg.calibration
-    run_cfg = cfg.model_copy(
-        update={
-            "evaluation": cfg.evaluation.model_copy(
-                update={"policy": str(policy_dir), "escalation_targets": cal.grid_targets}
-            )
-        }
-    )
-    problems = load_split(cfg.dataset, "calibration")[: cal.limit]
-    cache = StepCache(cfg.step_cache_dir)
-
-    async def main():
-        own = engines is None
-        live = engines or start_engines(cfg.models, use_ray=cfg.evaluation.use_ray)
-        live = {name: CachedEngine(e, cache) for name, e in live.items()}
-        try:
-            rows, _ = await evaluate_with(run_cfg, Controller(cfg, live), problems, ["policy"])
-            return rows
-        finally:
-            cache.flush()
-            if own:
-                await shutdown_engines(live)
-
-    return asyncio.run(main())
+# ---------------------------------------------------------------------------- from grid rows
 
 
 def choose_points(cfg, rows) -> list[OperatingPoint]:
@@ -339,14 +302,3 @@ def mark_knee(
     if gains[best] <= 1e-9:  # on the chord, up to rounding
         return points
     return [replace(p, knee=i == best) for i, p in enumerate(points)]
-
-
-def calibrate_policy(
-    cfg, policy_dir: str | Path, engines: dict | None = None
-) -> list[OperatingPoint]:
-    """Run the policy over a κ grid on the calibration split, pick one operating point per
-    budget in `calibration.budgets` and per accuracy target in `calibration.accuracy_targets`
-    (fractions of large-only accuracy), save them beside the policy."""
-    chosen = choose_points(cfg, policy_grid(cfg, policy_dir, engines))
-    save_operating_points(chosen, policy_dir)
-    return chosen

@@ -182,8 +182,8 @@ def testbed_report(
     ] = False,
 ) -> None:
     """Measure the routing signal: accuracy of each model and the small model's step-error AUROC."""
-    from pipeline.testbed.card import write_model_card
-    from pipeline.testbed.report import measure
+    from pipeline.testbed_card import write_model_card
+    from pipeline.testbed_report import measure
 
     try:
         cfg = load_config(config)
@@ -439,7 +439,7 @@ def calibrate_command(
 
 
 def _calibrate_one(cfg, config: Path, policy: Path) -> None:
-    from pipeline.calibration import calibrate_policy
+    from pipeline.calibration_run import calibrate_policy
 
     if not (policy / "policy.json").exists():
         raise _fail(f"no policy in {policy}; fix: run `steproute train --config {config}` first")

@@ -34,13 +34,20 @@ from pipeline.config import ExperimentConfig, ModelConfig
 from pipeline.cost import Charge, ProcessedTokens, available_cost_models, call_cost
 from pipeline.data import Problem
 from pipeline.engines.types import StepEngine, StepRequest, StepResult
-from pipeline.features import TrajectoryStats, draft_stats, feature_vector, text_embedding
+from pipeline.features import (
+    Observation,
+    TrajectoryStats,
+    draft_stats,
+    feature_vector,
+    text_embedding,
+)
 from pipeline.grading import extract_answer, grade
 from pipeline.prompts import prompt_token_ids
+from pipeline.rules import RoutingRule
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Controller", "Observation", "ReasoningState", "StepRecord"]
+__all__ = ["Controller", "ReasoningState", "StepRecord"]
 
 
 @dataclass(frozen=True)
@@ -91,20 +98,6 @@ class ReasoningState:
     @property
     def escalations(self) -> int:
         return sum(step.escalated for step in self.steps)
-
-
-@dataclass(frozen=True)
-class Observation:
-    """What a routing rule sees for a batch of drafts."""
-
-    features: np.ndarray  # (batch, NUM_FEATURES [+ draft_embedding_dim]), FEATURE_NAMES order
-    problem_ids: tuple[str, ...]
-    step_indices: tuple[int, ...]
-    verifier_mean_logprob: np.ndarray | None = None  # the large model's score of each draft
-    # Texts, for rules that read them (the testbed's `oracle` grades each draft).
-    questions: tuple[str, ...] = ()
-    steps_so_far: tuple[tuple[str, ...], ...] = ()  # each trajectory's kept steps
-    draft_texts: tuple[str, ...] = ()
 
 
 class Controller:
@@ -319,9 +312,9 @@ class Controller:
 
     # ------------------------------------------------------------------ the loop
 
-    async def step(self, states: Sequence[ReasoningState], rule) -> None:
+    async def step(self, states: Sequence[ReasoningState], rule: RoutingRule) -> None:
         """One routed step for every state: draft, observe, decide, escalate, advance."""
-        if not getattr(rule, "drafts", True):  # e.g. large_only: no draft to decide on
+        if not rule.drafts:  # e.g. large_only: no draft to decide on
             for state in states:
                 state._step_start_cost = state.cost
             target = self.models[-1].name
@@ -330,12 +323,12 @@ class Controller:
             return
         drafts = await self.draft(states)
         obs = self.observe(states, drafts)
-        if getattr(rule, "needs_verifier", False):
+        if rule.needs_verifier:
             verifier = await self.verify(states, drafts, self.large)
             obs = dataclasses.replace(obs, verifier_mean_logprob=verifier)
         actions, scores = rule.decide_with_scores(obs)
         actions = np.asarray(actions, dtype=np.int64)
-        if getattr(rule, "num_actions", 2) != len(self.models):
+        if rule.num_actions != len(self.models):
             # A keep-or-escalate rule on a longer ladder escalates to the largest model.
             actions = np.where(actions > 0, len(self.models) - 1, 0)
         steps: list[tuple[StepResult, str]] = [(d, self.small) for d in drafts]
@@ -356,7 +349,7 @@ class Controller:
                 score=None if scores is None else float(scores[i]),
             )
 
-    async def solve(self, state: ReasoningState, rule) -> AsyncIterator[StepRecord]:
+    async def solve(self, state: ReasoningState, rule: RoutingRule) -> AsyncIterator[StepRecord]:
         """Route one problem to the end, yielding each kept step as soon as it is taken.
 
         The Serve router streams these; concurrent calls batch inside the engines."""
@@ -367,7 +360,7 @@ class Controller:
     async def run(
         self,
         problems: Sequence[Problem],
-        rule,
+        rule: RoutingRule,
         concurrency: int = 64,
         progress: Callable[[int, int], None] | None = None,
     ) -> list[ReasoningState]:

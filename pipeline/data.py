@@ -12,11 +12,11 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pipeline.config import DatasetConfig, SplitFractions
+from pipeline.problem import Problem  # re-exported: the record the loaders return
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +35,6 @@ __all__ = [
 
 class DataError(ValueError):
     """A benchmark file is missing or malformed. The message names the file and the line."""
-
-
-@dataclass(frozen=True)
-class Problem:
-    id: str
-    question: str
-    gold_answer: str
-    meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
 
 # --------------------------------------------------------------------------------------------

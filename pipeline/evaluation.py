@@ -29,11 +29,11 @@ import numpy as np
 import pandas as pd
 
 from pipeline import metrics
-from pipeline.cache import StepCache
 from pipeline.calibration import OperatingPoint, load_operating_points
 from pipeline.config import ExperimentConfig
 from pipeline.controller import Controller, ReasoningState
 from pipeline.data import Problem, load_split
+from pipeline.engines.cache import StepCache
 from pipeline.rules import NEVER, RoutingRule, ThresholdRule, make_rule
 
 log = logging.getLogger(__name__)
@@ -621,7 +621,7 @@ def evaluate(
         if engines is None:
             engines = start_engines(cfg.models, use_ray=ev.use_ray, cache=cache)
         else:
-            from pipeline.cache import CachedEngine
+            from pipeline.engines.cache import CachedEngine
 
             engines = {name: CachedEngine(e, cache) for name, e in engines.items()}
         try:

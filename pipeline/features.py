@@ -4,7 +4,8 @@ Every feature lies in [0, 1]. The order is stable (`FEATURE_NAMES`); the policy 
 RLlib observation space and the Serve router all depend on it, so append, never reorder.
 
 Draft features describe the small model's proposed step; trajectory features describe the
-problem so far.
+problem so far. An `Observation` is what a routing rule receives for a batch of drafts: their
+feature rows and, for rules that read them, the drafts' texts and problems.
 """
 
 from __future__ import annotations
@@ -14,10 +15,13 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 __all__ = [
     "FEATURE_NAMES",
     "NUM_FEATURES",
     "DraftStats",
+    "Observation",
     "TrajectoryStats",
     "draft_stats",
     "feature_vector",
@@ -62,6 +66,20 @@ class TrajectoryStats:
     prev_escalated: bool
     prompt_tokens: int = 0  # the question as the small model reads it
     prompt_scale: int = 0  # prompt tokens at which the feature saturates (0: feature is 0)
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What a routing rule sees for a batch of drafts."""
+
+    features: np.ndarray  # (batch, NUM_FEATURES [+ draft_embedding_dim]), FEATURE_NAMES order
+    problem_ids: tuple[str, ...]
+    step_indices: tuple[int, ...]
+    verifier_mean_logprob: np.ndarray | None = None  # the large model's score of each draft
+    # Texts, for rules that read them (the testbed's `oracle` grades each draft).
+    questions: tuple[str, ...] = ()
+    steps_so_far: tuple[tuple[str, ...], ...] = ()  # each trajectory's kept steps
+    draft_texts: tuple[str, ...] = ()
 
 
 def _entropy(top_logprobs: Sequence[float]) -> float:

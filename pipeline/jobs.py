@@ -111,7 +111,7 @@ def run_pipeline(
     """Run every stage not already done for this config; returns what ran and what was kept."""
     import ray
 
-    from pipeline.calibration import calibrate_policy
+    from pipeline.calibration_run import calibrate_policy
     from pipeline.engines.launch import start_engines
     from pipeline.evaluation import evaluate
     from rllib_env.train import train

@@ -33,7 +33,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["apgr", "auc", "cost_at_accuracy", "cpt", "pgr", "shortfall"]
+__all__ = ["apgr", "auc", "auroc", "cost_at_accuracy", "cpt", "pgr", "shortfall"]
 
 Point = tuple[float, float]  # (normalized cost, accuracy)
 
@@ -143,3 +143,23 @@ def shortfall(
         own_x, own_accs, small_accuracy, at
     )
     return float(max(0.0, gap.max()))
+
+
+def auroc(scores: list[float], labels: list[bool]) -> float:
+    """Area under the ROC curve of `scores` for the positive `labels` (ties count half)."""
+    positives = [s for s, y in zip(scores, labels, strict=True) if y]
+    negatives = [s for s, y in zip(scores, labels, strict=True) if not y]
+    if not positives or not negatives:
+        return float("nan")
+    ranked = sorted([(s, 1) for s in positives] + [(s, 0) for s in negatives])
+    # Mann-Whitney U with average ranks for ties.
+    rank_sum, i = 0.0, 0
+    while i < len(ranked):
+        j = i
+        while j < len(ranked) and ranked[j][0] == ranked[i][0]:
+            j += 1
+        average_rank = (i + j + 1) / 2  # ranks are 1-based
+        rank_sum += average_rank * sum(label for _, label in ranked[i:j])
+        i = j
+    n_pos, n_neg = len(positives), len(negatives)
+    return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)

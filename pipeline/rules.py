@@ -31,8 +31,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from pipeline.controller import Observation
-from pipeline.features import FEATURE_NAMES
+from pipeline.features import FEATURE_NAMES, Observation
 
 __all__ = ["RULES", "RoutingRule", "ThresholdRule", "make_rule", "register"]
 

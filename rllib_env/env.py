@@ -35,10 +35,10 @@ import gymnasium as gym
 import numpy as np
 from ray.rllib.env.multi_agent_env import MultiAgentEnv
 
-from pipeline.cache import StepCache
 from pipeline.config import ExperimentConfig, load_config, parse_config
 from pipeline.controller import Controller, ReasoningState
 from pipeline.data import load_split
+from pipeline.engines.cache import StepCache
 from pipeline.engines.types import StepResult
 from pipeline.features import NUM_FEATURES
 from pipeline.rules import make_rule

@@ -107,8 +107,8 @@ def _run_on_engines(cfg: ExperimentConfig, engines: dict | None, work):
     the step cache, which is flushed afterwards so the next run (another seed) reads it."""
     import asyncio
 
-    from pipeline.cache import StepCache
     from pipeline.controller import Controller
+    from pipeline.engines.cache import StepCache
     from pipeline.engines.launch import start_engines
 
     cache = None

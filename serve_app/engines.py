@@ -38,7 +38,7 @@ class EngineServer:
     the replica."""
 
     def __init__(self, model: dict, max_batch_size: int = 64, batch_wait_timeout_s: float = 0.005):
-        from pipeline.engines.launch import local_engine
+        from pipeline.engines.local import local_engine
 
         self.model = ModelConfig.model_validate(model)
         self.engine = local_engine(self.model)

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.cache import CacheError, StepCache
+from pipeline.engines.cache import CacheError, StepCache
 from pipeline.engines.types import StepRequest, StepResult
 
 FP = "testbed/small@main:float32"

@@ -7,9 +7,10 @@ import asyncio
 import numpy as np
 import pytest
 
-from pipeline.controller import Controller, Observation
+from pipeline.controller import Controller
 from pipeline.data import load_split
 from pipeline.engines.types import StepRequest
+from pipeline.features import Observation
 from pipeline.rules import RoutingRule, make_rule
 
 

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from pipeline.config import parse_config
-from pipeline.controller import Controller, Observation
+from pipeline.controller import Controller
 from pipeline.data import Problem, load_split
 from pipeline.engines.types import StepRequest, StepResult
+from pipeline.features import Observation
 from pipeline.rules import RoutingRule, make_rule
 from pipeline.testbed.tokenizer import build_tokenizer
 

@@ -11,8 +11,8 @@ import torch
 from pipeline.controller import Controller
 from pipeline.data import load_split
 from pipeline.labels import StepLabels, fit_policy, monte_carlo_labels
+from pipeline.metrics import auroc
 from pipeline.policy import RouterPolicy
-from pipeline.testbed.report import auroc
 from pipeline.testbed.tasks import grade_step
 
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.controller import Observation
-from pipeline.features import FEATURE_NAMES, NUM_FEATURES
+from pipeline.features import FEATURE_NAMES, NUM_FEATURES, Observation
 from pipeline.policy import RouterPolicy
 from pipeline.rules import NEVER, RULES, RoutingRule, make_rule, register
 

@@ -2,7 +2,7 @@
 
 Each trial is `rllib_env.train.train` (the same training `steproute train` runs) in its own
 folder, reporting every PPO iteration to Tune (ASHA acts on those), then calibrates its policy
-on the calibration split (`pipeline.calibration.policy_grid` / `choose_points`) and reports
+on the calibration split (`pipeline.calibration_run.policy_grid`, `pipeline.calibration.choose_points`) and reports
 APGR, AUC and its operating points. Trials share the named engine actors and one step cache.
 
 After the trials, every trial's operating points are merged; the non-dominated ones (accuracy
@@ -33,12 +33,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.calibration import (
-    OperatingPoint,
-    choose_points,
-    policy_grid,
-    save_operating_points,
-)
+from pipeline.calibration import OperatingPoint, choose_points, save_operating_points
+from pipeline.calibration_run import policy_grid
 from pipeline.config import ExperimentConfig, merge_dicts, parse_config
 from tune_sweeps.spec import AXES, FINAL_METRICS, INTEGER_AXES, TRAINING_METRICS, SweepSpec
 
@@ -177,9 +173,9 @@ def evaluate_front(
     accuracy and cost, baseline curve points)."""
     import asyncio
 
-    from pipeline.cache import CachedEngine, StepCache
     from pipeline.controller import Controller
     from pipeline.data import load_split
+    from pipeline.engines.cache import CachedEngine, StepCache
     from pipeline.engines.launch import start_engines
     from pipeline.evaluation import evaluate_with, summarize
     from pipeline.rules import PolicyRule

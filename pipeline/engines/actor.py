@@ -27,7 +27,7 @@ class EngineActor:
     """Hosts one engine; every method is async so calls overlap inside the actor."""
 
     def __init__(self, model: ModelConfig) -> None:
-        from pipeline.engines.launch import local_engine
+        from pipeline.engines.local import local_engine
 
         self.engine = local_engine(model)
         self.model = model

@@ -9,24 +9,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from pipeline.cache import CachedEngine, StepCache
 from pipeline.config import ModelConfig
+from pipeline.engines.cache import CachedEngine, StepCache
+from pipeline.engines.local import local_engine
 from pipeline.engines.types import StepEngine
 
 log = logging.getLogger(__name__)
 
-__all__ = ["local_engine", "shutdown_engines", "start_engines"]
-
-
-def local_engine(model: ModelConfig) -> StepEngine:
-    """The engine for `model`, in this process."""
-    if model.engine == "openai":
-        from pipeline.engines.openai_engine import OpenAIEngine
-
-        return OpenAIEngine(model)
-    from pipeline.engines.vllm_engine import VLLMEngine
-
-    return VLLMEngine(model)
+__all__ = ["shutdown_engines", "start_engines"]
 
 
 def start_engines(

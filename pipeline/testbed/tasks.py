@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.config import ConfigError, DatasetConfig
-from pipeline.data import Problem
+from pipeline.problem import Problem
 
 __all__ = [
     "MISCONCEPTIONS",

@@ -18,10 +18,10 @@ from pipeline.cli import (
     SMALL_ACCURACY_BAND,
 )
 from pipeline.data import load_split
-from pipeline.testbed.card import sha256_of
-from pipeline.testbed.report import measure
 from pipeline.testbed.tasks import generate_problems
 from pipeline.testbed.tokenizer import PROMPT_FORMAT
+from pipeline.testbed_card import sha256_of
+from pipeline.testbed_report import measure
 
 REPO = Path(__file__).resolve().parents[2]
 MODELS = REPO / "pipeline" / "testbed" / "models"

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from pipeline.config import ConfigError, DatasetConfig
 from pipeline.data import split_problems
 from pipeline.grading import grade
-from pipeline.testbed.report import auroc
+from pipeline.metrics import auroc
 from pipeline.testbed.tasks import (
     ArithmeticTaskConfig,
     generate_problems,

@@ -6,7 +6,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from pipeline.testbed.report import TestbedReport
+from pipeline.testbed_report import TestbedReport
 
 __all__ = ["sha256_of", "write_model_card"]
 

@@ -20,36 +20,17 @@ import logging
 import math
 from dataclasses import dataclass, field
 
-from pipeline.cache import CachedEngine, StepCache
 from pipeline.config import ExperimentConfig
 from pipeline.controller import Controller, ReasoningState
 from pipeline.data import Problem
+from pipeline.engines.cache import CachedEngine, StepCache
+from pipeline.metrics import auroc
 from pipeline.rules import make_rule
 from pipeline.testbed.tasks import grade_step
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ModelReport", "TestbedReport", "auroc", "measure"]
-
-
-def auroc(scores: list[float], labels: list[bool]) -> float:
-    """Area under the ROC curve of `scores` for the positive `labels` (ties count half)."""
-    positives = [s for s, y in zip(scores, labels, strict=True) if y]
-    negatives = [s for s, y in zip(scores, labels, strict=True) if not y]
-    if not positives or not negatives:
-        return float("nan")
-    ranked = sorted([(s, 1) for s in positives] + [(s, 0) for s in negatives])
-    # Mann-Whitney U with average ranks for ties.
-    rank_sum, i = 0.0, 0
-    while i < len(ranked):
-        j = i
-        while j < len(ranked) and ranked[j][0] == ranked[i][0]:
-            j += 1
-        average_rank = (i + j + 1) / 2  # ranks are 1-based
-        rank_sum += average_rank * sum(label for _, label in ranked[i:j])
-        i = j
-    n_pos, n_neg = len(positives), len(negatives)
-    return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+__all__ = ["ModelReport", "TestbedReport", "measure"]
 
 
 @dataclass
