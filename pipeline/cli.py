@@ -13,12 +13,39 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
+from typer.core import TyperGroup
 
 from pipeline.config import ConfigError, load_config
 from pipeline.data import SPLITS, DataError, load_problems, load_split, split_problems
 from pipeline.grading import grade
+from tune_sweeps.spec import SweepSpecError
 
-app = typer.Typer(no_args_is_help=True, help="Stepwise model routing for cost-effective reasoning.")
+err_console = Console(stderr=True)
+
+
+def _fail(message: str) -> typer.Exit:
+    err_console.print(f"[bold red]error:[/] {message}")
+    return typer.Exit(code=2)
+
+
+# What a user gave that cannot be used (a config, a data file, a sweep spec): every command
+# answers it the same way, one red line and exit code 2, here rather than in each command.
+USER_ERRORS = (ConfigError, DataError, SweepSpecError)
+
+
+class _Commands(TyperGroup):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except USER_ERRORS as exc:
+            raise _fail(str(exc)) from None
+
+
+app = typer.Typer(
+    cls=_Commands,
+    no_args_is_help=True,
+    help="Stepwise model routing for cost-effective reasoning.",
+)
 data_app = typer.Typer(no_args_is_help=True, help="Benchmark data.")
 app.add_typer(data_app, name="data")
 testbed_app = typer.Typer(
@@ -27,7 +54,6 @@ testbed_app = typer.Typer(
 app.add_typer(testbed_app, name="testbed")
 
 console = Console()
-err_console = Console(stderr=True)
 
 
 @app.callback()
@@ -37,11 +63,6 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> 
         format="%(message)s",
         handlers=[RichHandler(console=err_console, show_path=False)],
     )
-
-
-def _fail(message: str) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/] {message}")
-    return typer.Exit(code=2)
 
 
 @data_app.command("summary")
@@ -57,11 +78,8 @@ def data_summary(
             column, justify="right" if column in ("problems", *SPLITS) else "left", overflow="fold"
         )
     for path in config:
-        try:
-            cfg = load_config(path)
-            problems = load_problems(cfg.dataset)
-        except (ConfigError, DataError) as exc:
-            raise _fail(str(exc)) from None
+        cfg = load_config(path)
+        problems = load_problems(cfg.dataset)
         splits = split_problems(problems, cfg.dataset.splits, cfg.dataset.seed)
         dataset = cfg.dataset
         label = dataset.name + (" (testbed, synthetic)" if dataset.name == "testbed" else "")
@@ -185,10 +203,7 @@ def testbed_report(
     from pipeline.testbed_card import write_model_card
     from pipeline.testbed_report import measure
 
-    try:
-        cfg = load_config(config)
-    except ConfigError as exc:
-        raise _fail(str(exc)) from None
+    cfg = load_config(config)
     if cfg.dataset.name != "testbed":
         raise _fail(f"{config} is not a testbed config (dataset.name is '{cfg.dataset.name}')")
     # The test split: the problems `steproute evaluate` uses, so its small_only and large_only
@@ -284,11 +299,8 @@ def evaluate_command(
         overrides["limit"] = limit
     if local:
         overrides["use_ray"] = False
-    try:
-        cfg = load_config(config, {"evaluation": overrides} if overrides else None)
-        seed_list = _seeds(seeds)
-    except ConfigError as exc:
-        raise _fail(str(exc)) from None
+    cfg = load_config(config, {"evaluation": overrides} if overrides else None)
+    seed_list = _seeds(seeds)
     unknown = [r for r in (rule or cfg.evaluation.rules) if r not in RULES]
     if unknown:
         raise _fail(f"unknown rule(s) {unknown}; known: {sorted(RULES)}")
@@ -369,11 +381,8 @@ def train_command(
     """Train the routing policy with RLlib PPO; export it to <output_dir>/policy."""
     import time
 
-    try:
-        cfg = load_config(config)
-        seed_list = _seeds(seeds)
-    except ConfigError as exc:
-        raise _fail(str(exc)) from None
+    cfg = load_config(config)
+    seed_list = _seeds(seeds)
     from rllib_env.train import train
 
     started = time.perf_counter()
@@ -424,11 +433,8 @@ def calibrate_command(
     ] = None,
 ) -> None:
     """Choose the policy's threshold κ per budget / accuracy target on the calibration split."""
-    try:
-        cfg = load_config(config, {"calibration": {"method": method}} if method else None)
-        seed_list = _seeds(seeds)
-    except ConfigError as exc:
-        raise _fail(str(exc)) from None
+    cfg = load_config(config, {"calibration": {"method": method}} if method else None)
+    seed_list = _seeds(seeds)
     if seed_list and policy is not None:
         raise _fail("give either --policy or --seeds, not both")
     folders = [cfg.seed_dir(s) / "policy" for s in seed_list] or [
@@ -488,11 +494,8 @@ def serve_command(
         if value is not None:
             overrides[key] = value
     args = {"config": str(config), "overrides": {"serve": overrides}}
-    try:
-        cfg = load_config(config, args["overrides"])
-        application = build_app(args)
-    except ConfigError as exc:
-        raise _fail(str(exc)) from None
+    cfg = load_config(config, args["overrides"])
+    application = build_app(args)
     if not ray.is_initialized():
         ray.init()  # RAY_ADDRESS, when set, joins that cluster
     serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
@@ -526,14 +529,11 @@ def sweep_command(
     import ray
 
     from pipeline.evaluation import TESTBED_LABEL
-    from tune_sweeps.spec import SweepSpecError, load_sweep
+    from tune_sweeps.spec import load_sweep
     from tune_sweeps.sweep import SweepInterrupted, run_sweep
 
-    try:
-        cfg = load_config(config)
-        spec = load_sweep(sweep)
-    except (ConfigError, SweepSpecError) as exc:
-        raise _fail(str(exc)) from None
+    cfg = load_config(config)
+    spec = load_sweep(sweep)
     if not ray.is_initialized() and not os.environ.get("RAY_ADDRESS"):
         # Engines mostly wait on a laptop: give Ray enough logical CPUs for them plus the trials.
         engines = sum(m.resources.num_cpus for m in cfg.models)
@@ -591,10 +591,7 @@ def pipeline_command(
     from pipeline.evaluation import TESTBED_LABEL, format_metric
     from pipeline.jobs import run_pipeline
 
-    try:
-        cfg = load_config(config, _overrides(set_ or []))
-    except ConfigError as exc:
-        raise _fail(str(exc)) from None
+    cfg = load_config(config, _overrides(set_ or []))
     label = TESTBED_LABEL if cfg.dataset.name == "testbed" else cfg.dataset.name
     console.print(f"[bold]pipeline[/] {cfg.name} — {label}")
     started = time.perf_counter()

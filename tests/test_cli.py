@@ -31,6 +31,35 @@ def test_data_summary_bad_config_is_an_error(tmp_path: Path) -> None:
     assert "unknown key 'whatever'" in result.output
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["evaluate"],
+        ["train"],
+        ["calibrate"],
+        ["serve"],
+        ["pipeline"],
+        ["testbed", "report"],
+    ],
+)
+def test_every_command_answers_a_bad_config_with_one_error_line(tmp_path: Path, command) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nmodels: []\nwhatever: 1\n")
+    result = runner.invoke(app, [*command, "--config", str(bad)])
+    assert result.exit_code == 2, result.output
+    assert "error:" in result.output and "unknown key 'whatever'" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_bad_sweep_spec_is_an_error_too(tmp_path: Path) -> None:
+    spec = tmp_path / "sweep.yaml"
+    spec.write_text("name: s\niterations: 1\nnot_a_field: 1\n")
+    config = str(REPO / "configs" / "testbed.yaml")
+    result = runner.invoke(app, ["sweep", "--config", config, "--sweep", str(spec)])
+    assert result.exit_code == 2, result.output
+    assert "error:" in result.output
+
+
 def test_grade_file_reports_accuracy_and_writes_verdicts(tmp_path: Path) -> None:
     predictions = tmp_path / "preds.jsonl"
     rows = [
