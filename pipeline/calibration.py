@@ -55,9 +55,22 @@ class GridPoint:
     correct: np.ndarray  # 0/1 per problem
 
 
+TARGETS = ("budget", "accuracy_x_large", "accuracy")
+
+
 @dataclass(frozen=True)
 class OperatingPoint:
-    name: str  # e.g. "budget-0.3" or "accuracy-0.99"
+    """A calibrated κ and what it was chosen for. `target` says what the point guarantees:
+
+        budget            mean normalized cost ≤ target_value               name budget-0.3
+        accuracy_x_large  accuracy ≥ target_value × large-only accuracy    name accuracy-0.99xlarge
+        accuracy          accuracy ≥ target_value                          name accuracy-0.9
+
+    Callers read `target`, `target_value`, `budget` and `model_id`, never the name. A point
+    built from its name alone (an operating_points.json written before the target fields) gets
+    them from the name, here and only here."""
+
+    name: str  # for people and files: e.g. "budget-0.3" or "accuracy-0.99xlarge"
     kappa: float
     method: str
     expected_cost: float
@@ -67,12 +80,50 @@ class OperatingPoint:
     problems: int
     policy: str | None = None  # the policy folder, when not the one the file sits beside
     knee: bool = False  # the chosen point furthest above the small-to-large chord (Serve default)
+    target: str | None = None  # one of TARGETS; None: read from the name
+    target_value: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.target is None:
+            target, value = _target_from_name(self.name)
+            object.__setattr__(self, "target", target)
+            object.__setattr__(self, "target_value", value)
+        if self.target not in TARGETS or self.target_value is None:
+            raise ValueError(f"operating point '{self.name}': unknown target {self.target!r}")
 
     @property
     def budget(self) -> float | None:
-        """0.3 for the point named "budget-0.3"; None for an accuracy point."""
-        kind, _, value = self.name.partition("-")
-        return float(value) if kind == "budget" else None
+        """The cost budget of a budget point; None for an accuracy point."""
+        return self.target_value if self.target == "budget" else None
+
+    @property
+    def model_id(self) -> str:
+        """Its Serve model id: `router-b0.30`, `router-a0.99` (× large-only accuracy), or
+        `router-<name>` for an absolute accuracy target."""
+        letter = {"budget": "b", "accuracy_x_large": "a"}.get(self.target)
+        return f"router-{letter}{self.target_value:.2f}" if letter else f"router-{self.name}"
+
+    def met(self, cost: float, accuracy: float, large_accuracy: float) -> bool:
+        """Does an outcome (normalized cost, accuracy) meet this point's target?"""
+        if self.target == "budget":
+            return cost <= self.target_value
+        if self.target == "accuracy_x_large":
+            return accuracy >= self.target_value * large_accuracy
+        return accuracy >= self.target_value
+
+
+def _target_from_name(name: str) -> tuple[str | None, float | None]:
+    kind, _, value = name.partition("-")
+    try:
+        if kind == "budget":
+            return "budget", float(value)
+        if kind == "accuracy" and value.endswith("xlarge"):
+            return "accuracy_x_large", float(value.removesuffix("xlarge"))
+        if kind == "accuracy":
+            return "accuracy", float(value)
+    except ValueError:
+        pass
+    return None, None
 
 
 def hoeffding_upper_bound(values: np.ndarray, delta: float, upper: float) -> float:
@@ -153,9 +204,19 @@ def _accuracy_interval(correct: np.ndarray, delta: float) -> tuple[float, float]
     return (low, high)
 
 
-def _point(name: str, g: GridPoint, method: str, delta: float, cost_max: float) -> OperatingPoint:
+def _point(
+    name: str,
+    target: str,
+    value: float,
+    g: GridPoint,
+    method: str,
+    delta: float,
+    cost_max: float,
+) -> OperatingPoint:
     return OperatingPoint(
         name=name,
+        target=target,
+        target_value=value,
         kappa=g.kappa,
         method=method,
         expected_cost=float(np.mean(g.cost)),
@@ -203,7 +264,9 @@ def calibrate_budget(
         return float(np.mean(g.cost)) <= budget
 
     chosen = _fixed_sequence(sorted(grid, key=lambda g: -g.kappa), passes)
-    return None if chosen is None else _point(f"budget-{budget:g}", chosen, method, delta, bound)
+    if chosen is None:
+        return None
+    return _point(f"budget-{budget:g}", "budget", budget, chosen, method, delta, bound)
 
 
 def calibrate_accuracy(
@@ -212,9 +275,11 @@ def calibrate_accuracy(
     method: str = "quantile",
     delta: float = 0.1,
     cost_max: float | None = None,
-    name: str | None = None,
+    of_large: float | None = None,
 ) -> OperatingPoint | None:
-    """The largest κ (cheapest) whose accuracy stays ≥ `target_accuracy`.
+    """The largest κ (cheapest) whose accuracy stays ≥ `target_accuracy`. With `of_large`, the
+    target is that fraction of large-only accuracy (`target_accuracy` = of_large × it), and the
+    point says so (target `accuracy_x_large`).
 
     Fixed sequence: κ from low (escalate most, most accurate) to high.
     """
@@ -229,7 +294,11 @@ def calibrate_accuracy(
     chosen = _fixed_sequence(sorted(grid, key=lambda g: g.kappa), passes)
     if chosen is None:
         return None
-    return _point(name or f"accuracy-{target_accuracy:.3g}", chosen, method, delta, bound)
+    if of_large is not None:
+        name, target, value = f"accuracy-{of_large:g}xlarge", "accuracy_x_large", of_large
+    else:
+        name, target, value = f"accuracy-{target_accuracy:.3g}", "accuracy", target_accuracy
+    return _point(name, target, value, chosen, method, delta, bound)
 
 
 def save_operating_points(points: Sequence[OperatingPoint], folder: str | Path) -> Path:
@@ -268,9 +337,7 @@ def choose_points(cfg, rows) -> list[OperatingPoint]:
     ]
     points = [calibrate_budget(grid, b, cal.method, cal.delta) for b in cal.budgets]
     points += [
-        calibrate_accuracy(
-            grid, t * large_accuracy, cal.method, cal.delta, name=f"accuracy-{t:g}xlarge"
-        )
+        calibrate_accuracy(grid, t * large_accuracy, cal.method, cal.delta, of_large=t)
         for t in cal.accuracy_targets
     ]
     small = rows[rows.rule == "small_only"]

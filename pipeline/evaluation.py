@@ -206,11 +206,7 @@ def calibrated_outcomes(
         if here.empty:
             continue
         cost, acc = float(here.cost_normalized.iloc[0]), float(here.accuracy.iloc[0])
-        if p.budget is not None:
-            met = cost <= p.budget
-        else:  # "accuracy-<fraction>xlarge": a fraction of large-only accuracy
-            met = acc >= float(p.name.split("-", 1)[1].removesuffix("xlarge")) * acc_large
-        outcomes.append((p, cost, acc, met))
+        outcomes.append((p, cost, acc, p.met(cost, acc, acc_large)))
     return outcomes
 
 

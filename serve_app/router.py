@@ -35,7 +35,7 @@ from serve_app.engines import EngineUnavailable, ServeEngine
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Route", "Router", "build_routes", "model_id"]
+__all__ = ["Route", "Router", "build_routes"]
 
 
 @dataclass(frozen=True)
@@ -70,15 +70,6 @@ class Route:
         return info
 
 
-def model_id(point: OperatingPoint) -> str:
-    """`budget-0.3` → `router-b0.30`; `accuracy-0.99xlarge` → `router-a0.99`."""
-    if point.name.startswith("budget-"):
-        return f"router-b{float(point.name.removeprefix('budget-')):.2f}"
-    if point.name.startswith("accuracy-") and point.name.endswith("xlarge"):
-        return f"router-a{float(point.name[len('accuracy-') : -len('xlarge')]):.2f}"
-    return f"router-{point.name}"
-
-
 def build_routes(
     cfg: ExperimentConfig, points: list[OperatingPoint]
 ) -> tuple[dict[str, Route], str]:
@@ -88,14 +79,14 @@ def build_routes(
         cfg.models[-1].name: Route(cfg.models[-1].name, "large_only"),
     }
     for point in points:
-        routes[model_id(point)] = Route(model_id(point), "policy", point.kappa, point)
+        routes[point.model_id] = Route(point.model_id, "policy", point.kappa, point)
     if not points:  # the hand-set policy: one fixed threshold
         routes["router-k0.50"] = Route("router-k0.50", "policy", 0.5)
     default, chosen_by = cfg.serve.default_model, "serve.default_model"
     if default is None:
         # The knee of the calibrated curve (most accuracy per cost), else the config's budget,
         # else the first policy point.
-        knee = [model_id(p) for p in points if p.knee]
+        knee = [p.model_id for p in points if p.knee]
         budget = cfg.routing.budget
         wanted = f"router-b{budget:.2f}" if budget is not None else None
         policy_ids = [r.model_id for r in routes.values() if r.rule == "policy"]

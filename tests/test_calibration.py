@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -187,3 +188,31 @@ def test_each_calibrated_point_is_read_at_its_own_kappa_where_scores_crowd() -> 
     outcomes = calibrated_outcomes(points_here, calibrated, acc_large=0.95)
     assert [(cost, acc) for _, cost, acc, _ in outcomes] == [(0.25, 0.7), (0.35, 0.8), (0.45, 0.9)]
     assert [met for *_, met in outcomes] == [True, True, False]
+
+
+def test_points_carry_their_target_and_model_id() -> None:
+    grid = synthetic_grid(np.random.default_rng(0), 50)
+    budget = calibrate_budget(grid, 0.6)
+    assert (budget.target, budget.target_value, budget.budget) == ("budget", 0.6, 0.6)
+    assert budget.model_id == "router-b0.60"
+    of_large = calibrate_accuracy(grid, 0.7 * 0.9, "ltt", of_large=0.7)
+    assert (of_large.target, of_large.target_value, of_large.budget) == (
+        "accuracy_x_large",
+        0.7,
+        None,
+    )
+    assert of_large.model_id == "router-a0.70" and of_large.name == "accuracy-0.7xlarge"
+    absolute = calibrate_accuracy(grid, 0.7)
+    assert absolute.target == "accuracy" and absolute.model_id == "router-accuracy-0.7"
+    # What each target means for an outcome (cost, accuracy) with large-only accuracy 0.9.
+    assert budget.met(0.6, 0.0, 0.9) and not budget.met(0.61, 1.0, 0.9)
+    assert of_large.met(1.0, 0.63, 0.9) and not of_large.met(0.0, 0.62, 0.9)
+    assert absolute.met(1.0, 0.7, 0.0) and not absolute.met(0.0, 0.69, 1.0)
+
+
+def test_a_point_saved_before_the_target_fields_reads_its_target_from_its_name() -> None:
+    legacy = OperatingPoint("accuracy-0.99xlarge", 0.01, "ltt", 0.8, (0.7, 0.9), 0.97, (0.9, 1), 9)
+    assert (legacy.target, legacy.target_value) == ("accuracy_x_large", 0.99)
+    assert OperatingPoint("budget-0.4", 0.2, "ltt", 0.3, (0, 0.4), 0.9, (0.8, 1), 9).budget == 0.4
+    with pytest.raises(ValueError, match="unknown target"):
+        OperatingPoint("cheapest", 0.2, "ltt", 0.3, (0, 0.4), 0.9, (0.8, 1), 9)

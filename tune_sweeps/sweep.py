@@ -114,8 +114,9 @@ def run_trial(params: dict, *, experiment: dict, spec: dict, root: str) -> None:
     save_operating_points(points, policy)
     _, summary = summarize(rows)
     row = summary[summary.rule == "policy"].iloc[0]
-    wanted = f"budget-{cfg.routing.budget:g}" if cfg.routing.budget else None
-    chosen = next((p for p in points if p.name == wanted), points[0] if points else None)
+    budget = cfg.routing.budget
+    chosen = next((p for p in points if budget and p.budget == budget), None)
+    chosen = chosen or (points[0] if points else None)
     tune.report(
         dict(last)
         | {
