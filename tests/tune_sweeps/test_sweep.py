@@ -22,7 +22,18 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _point(cost: float, accuracy: float, name: str = "p") -> OperatingPoint:
-    return OperatingPoint(name, 0.5, "ltt", cost, (0, cost), accuracy, (0, accuracy), 10)
+    return OperatingPoint(
+        name,
+        0.5,
+        "ltt",
+        cost,
+        (0, cost),
+        accuracy,
+        (0, accuracy),
+        10,
+        target="budget",
+        target_value=1.0,
+    )
 
 
 pairs = st.lists(
