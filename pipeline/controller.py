@@ -21,6 +21,7 @@ output).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import math
@@ -188,6 +189,29 @@ class Controller:
         """`model` writes the next step of each state instead of the draft."""
         return await self._generate(states, model)
 
+    async def write_escalated(
+        self, states: Sequence[ReasoningState], actions: Sequence[int]
+    ) -> dict[int, tuple[StepResult, str]]:
+        """The steps the actions escalate: for each state whose action is k > 0, model k of the
+        ladder writes its next step. One batched call per model, the models at the same time.
+        Returns {index in `states`: (step, model name)}; kept drafts are absent."""
+        by_level: dict[int, list[int]] = {}
+        for i, action in enumerate(actions):
+            if int(action) > 0:
+                by_level.setdefault(int(action), []).append(i)
+        names = {level: self.models[level].name for level in by_level}
+        results = await asyncio.gather(
+            *(
+                self.escalate([states[i] for i in chosen], names[level])
+                for level, chosen in by_level.items()
+            )
+        )
+        return {
+            i: (step, names[level])
+            for (level, chosen), steps in zip(by_level.items(), results, strict=True)
+            for i, step in zip(chosen, steps, strict=True)
+        }
+
     async def verify(
         self, states: Sequence[ReasoningState], drafts: Sequence[StepResult], model: str
     ) -> np.ndarray:
@@ -331,14 +355,8 @@ class Controller:
         if rule.num_actions != len(self.models):
             # A keep-or-escalate rule on a longer ladder escalates to the largest model.
             actions = np.where(actions > 0, len(self.models) - 1, 0)
-        steps: list[tuple[StepResult, str]] = [(d, self.small) for d in drafts]
-        for level in range(1, len(self.models)):
-            chosen = [i for i, a in enumerate(actions) if a == level]
-            if chosen:
-                name = self.models[level].name
-                results = await self.escalate([states[i] for i in chosen], name)
-                for i, result in zip(chosen, results, strict=True):
-                    steps[i] = (result, name)
+        written = await self.write_escalated(states, actions)
+        steps = [written.get(i, (draft, self.small)) for i, draft in enumerate(drafts)]
         for i, (state, (result, model)) in enumerate(zip(states, steps, strict=True)):
             self.advance(
                 state,

@@ -157,19 +157,12 @@ class StepRoutingEnv(MultiAgentEnv):
     async def _escalate(
         self, agent_ids: list[str], action_dict: dict[str, int]
     ) -> dict[str, tuple[StepResult, str]]:
-        """Each larger model writes the steps escalated to it: one batched call per model."""
-        calls = []
-        for level in range(1, len(self.cfg.models)):
-            chosen = [aid for aid in agent_ids if int(action_dict[aid]) == level]
-            if chosen:
-                name = self.cfg.models[level].name
-                states = [self._states[aid] for aid in chosen]
-                calls.append((chosen, name, self.controller.escalate(states, name)))
-        results = await asyncio.gather(*(call for _, _, call in calls))
-        written = {}
-        for (chosen, name, _), steps in zip(calls, results, strict=True):
-            written |= {aid: (step, name) for aid, step in zip(chosen, steps, strict=True)}
-        return written
+        """The larger models write the escalated steps (`Controller.write_escalated`)."""
+        states = [self._states[aid] for aid in agent_ids]
+        written = await self.controller.write_escalated(
+            states, [action_dict[aid] for aid in agent_ids]
+        )
+        return {agent_ids[i]: step for i, step in written.items()}
 
     def _take(self, aid: str, step: StepResult, model: str, rewards: dict, terminateds: dict):
         """Keep `step` for agent `aid`: its reward, and its exit when the problem is done."""

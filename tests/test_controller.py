@@ -51,6 +51,20 @@ def test_small_only_steps_concatenate_to_one_greedy_generation(controller, probl
         assert [s.model for s in state.steps] == ["small"] * len(state.steps)
 
 
+def test_write_escalated_writes_exactly_the_escalated_steps_with_their_model(
+    controller, problems
+) -> None:
+    states = [controller.start(p) for p in problems[:4]]
+    written = asyncio.run(controller.write_escalated(states, [0, 1, 0, 1]))
+    assert sorted(written) == [1, 3]
+    direct = asyncio.run(controller.escalate([states[1], states[3]], "large"))
+    # The same steps (greedy); logprobs may differ in the last bits once prefixes are cached.
+    assert [(written[i][0].token_ids, written[i][1]) for i in (1, 3)] == [
+        (step.token_ids, "large") for step in direct
+    ]
+    assert asyncio.run(controller.write_escalated(states, [0, 0, 0, 0])) == {}
+
+
 def test_an_escalated_step_enters_every_context_as_the_large_models_tokens(
     controller, problems
 ) -> None:
