@@ -107,9 +107,7 @@ def reset_prefix_caches(engines: dict[str, StepEngine]) -> None:
 
     async def reset() -> None:
         for engine in engines.values():
-            inner = getattr(engine, "engine", engine)  # a CachedEngine's engine
-            if hasattr(inner, "reset_prefix_cache"):
-                await inner.reset_prefix_cache()
+            await engine.reset_prefix_cache()
 
     asyncio.run(reset())
 
@@ -134,6 +132,12 @@ class RecordingEngine:
         results = await self.engine.generate_batch(requests)
         self.calls.append((self.name, list(requests), time.perf_counter() - started))
         return results
+
+    async def reset_prefix_cache(self) -> None:
+        await self.engine.reset_prefix_cache()
+
+    async def close(self) -> None:
+        await self.engine.close()
 
 
 def recording(engines: dict[str, StepEngine]) -> tuple[dict[str, RecordingEngine], list]:

@@ -14,8 +14,8 @@ from pathlib import Path
 from pipeline.calibration import OperatingPoint, choose_points, save_operating_points
 from pipeline.controller import Controller
 from pipeline.data import load_split
-from pipeline.engines.cache import CachedEngine, StepCache
-from pipeline.engines.launch import shutdown_engines, start_engines
+from pipeline.engines.cache import StepCache
+from pipeline.engines.launch import engine_pool
 from pipeline.evaluation import evaluate_with
 
 __all__ = ["calibrate_policy", "policy_grid"]
@@ -37,16 +37,10 @@ def policy_grid(cfg, policy_dir: str | Path, engines: dict | None = None):
     cache = StepCache(cfg.step_cache_dir)
 
     async def main():
-        own = engines is None
-        live = engines or start_engines(cfg.models, use_ray=cfg.evaluation.use_ray)
-        live = {name: CachedEngine(e, cache) for name, e in live.items()}
-        try:
+        use_ray = cfg.evaluation.use_ray
+        async with engine_pool(cfg.models, use_ray=use_ray, cache=cache, engines=engines) as live:
             rows, _ = await evaluate_with(run_cfg, Controller(cfg, live), problems, ["policy"])
             return rows
-        finally:
-            cache.flush()
-            if own:
-                await shutdown_engines(live)
 
     return asyncio.run(main())
 

@@ -600,7 +600,7 @@ def evaluate(
 ) -> EvaluationResult:
     """Evaluate `rules` (default: the config's) on the config's split; write and log outputs.
     `seeds`: the `policy` rule runs once per seed's policy (`steproute train --seeds`)."""
-    from pipeline.engines.launch import shutdown_engines, start_engines
+    from pipeline.engines.launch import engine_pool
 
     ev = cfg.evaluation
     rules = list(rules or ev.rules)
@@ -610,23 +610,13 @@ def evaluate(
         raise ValueError(f"split '{ev.split}' of {cfg.dataset.name} is empty")
     folder = Path(output_dir or Path(cfg.output_dir) / "evaluation")
     cache = StepCache(cfg.step_cache_dir)
-    own_engines = engines is None
 
     async def main() -> tuple[pd.DataFrame, dict[str, str]]:
-        nonlocal engines
-        if engines is None:
-            engines = start_engines(cfg.models, use_ray=ev.use_ray, cache=cache)
-        else:
-            from pipeline.engines.cache import CachedEngine
-
-            engines = {name: CachedEngine(e, cache) for name, e in engines.items()}
-        try:
-            controller = Controller(cfg, engines)
+        async with engine_pool(
+            cfg.models, use_ray=ev.use_ray, cache=cache, engines=engines
+        ) as live:
+            controller = Controller(cfg, live)
             return await evaluate_with(cfg, controller, problems, rules, progress, policies)
-        finally:
-            cache.flush()
-            if own_engines:
-                await shutdown_engines(engines)
 
     started = time.perf_counter()
     results, skipped = asyncio.run(main())

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pipeline.config import ExperimentConfig
 from pipeline.controller import Controller, ReasoningState
 from pipeline.data import Problem
-from pipeline.engines.cache import CachedEngine, StepCache
+from pipeline.engines.cache import StepCache
 from pipeline.metrics import auroc
 from pipeline.rules import make_rule
 from pipeline.testbed.tasks import grade_step
@@ -78,18 +78,13 @@ async def measure(
     """Solve `problems` with each end of the ladder, the first-step repair and the oracle curve,
     all through the shared controller and the evaluation harness, so `steproute evaluate`
     reproduces these numbers. Engines are started in this process unless given."""
-    from pipeline.engines.launch import shutdown_engines, start_engines
+    from pipeline.engines.launch import engine_pool
     from pipeline.evaluation import evaluate_with, summarize
 
-    own = engines is None
     cache = StepCache()  # in memory: the oracle curve's small_only and large_only runs are lookups
-    if own:
-        engines = start_engines(cfg.models, use_ray=False, cache=cache)
-    else:
-        engines = {name: CachedEngine(engine, cache) for name, engine in engines.items()}
     small, large = cfg.models[0], cfg.models[-1]
-    try:
-        controller = Controller(cfg, engines)
+    async with engine_pool(cfg.models, use_ray=False, cache=cache, engines=engines) as live:
+        controller = Controller(cfg, live)
         concurrency = cfg.evaluation.concurrency
         models = {}
         ends = {}
@@ -125,6 +120,3 @@ async def measure(
                 else math.nan
             ),
         )
-    finally:
-        if own:
-            await shutdown_engines(engines)

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 
 from ray import serve
 
 from pipeline.config import ModelConfig
+from pipeline.engines.hosting import EngineHost
 from pipeline.engines.types import StepRequest, StepResult
 
 log = logging.getLogger(__name__)
@@ -33,49 +33,26 @@ class EngineUnavailable(RuntimeError):
 
 
 @serve.deployment(max_ongoing_requests=1024, health_check_period_s=5, health_check_timeout_s=30)
-class EngineServer:
-    """Hosts one model's engine. A dead vLLM engine fails the health check, and Serve replaces
-    the replica."""
+class EngineServer(EngineHost):
+    """Hosts one model's engine as a Serve deployment. A dead vLLM engine fails the health
+    check, and Serve replaces the replica."""
+
+    replaced_by = "Serve"
 
     def __init__(self, model: dict, max_batch_size: int = 64, batch_wait_timeout_s: float = 0.005):
-        from pipeline.engines.local import local_engine
-
-        self.model = ModelConfig.model_validate(model)
-        self.engine = local_engine(self.model)
+        super().__init__(ModelConfig.model_validate(model))
         self.generate.set_max_batch_size(max_batch_size)
         self.generate.set_batch_wait_timeout_s(batch_wait_timeout_s)
 
     async def info(self) -> dict:
-        import psutil
-
-        return {
-            "child_pids": [p.pid for p in psutil.Process().children(recursive=True)],
-            "name": self.model.name,
-            "fingerprint": self.engine.fingerprint,
-            "max_model_len": self.engine.max_model_len,
-            "pid": os.getpid(),
-        }
+        return await self.describe()
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.005)
     async def generate(self, requests: list[StepRequest]) -> list[StepResult]:
-        try:
-            return await self.engine.generate_batch(requests)
-        except Exception as exc:
-            from pipeline.engines.actor import engine_dead
-
-            if engine_dead(exc):
-                log.error("engine %s died (%s); exiting so Serve replaces it", self.model.name, exc)
-                os._exit(1)
-            raise
-
-    async def reset_prefix_cache(self) -> None:
-        """Empty vLLM's prefix cache (benchmarks start each measured arm cold)."""
-        if hasattr(self.engine, "reset_prefix_cache"):
-            await self.engine.reset_prefix_cache()
+        return await self.generate_batch(requests)
 
     async def check_health(self) -> None:
-        inner = getattr(self.engine, "_engine", None)
-        if inner is not None and getattr(inner, "errored", False):
+        if not self.healthy():
             raise RuntimeError(f"engine {self.model.name} is dead")
 
 
@@ -110,6 +87,12 @@ class ServeEngine:
 
     async def generate_batch(self, requests: list[StepRequest]) -> list[StepResult]:
         return list(await asyncio.gather(*(self.generate(r) for r in requests)))
+
+    async def reset_prefix_cache(self) -> None:
+        await self.handle.reset_prefix_cache.remote()
+
+    async def close(self) -> None:
+        """Nothing to release: the deployment serves every router replica."""
 
 
 def _replica_failure(exc: BaseException) -> bool:

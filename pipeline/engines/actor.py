@@ -8,12 +8,12 @@ A crashed engine is restarted by Ray (`max_restarts`), and callers' calls are re
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import ray
 
 from pipeline.config import ModelConfig
+from pipeline.engines.hosting import EngineHost
 from pipeline.engines.types import StepRequest, StepResult, model_fingerprint
 
 log = logging.getLogger(__name__)
@@ -23,51 +23,10 @@ NAMESPACE = "steproute"
 MAX_RESTARTS = 3
 
 
-class EngineActor:
-    """Hosts one engine; every method is async so calls overlap inside the actor."""
+class EngineActor(EngineHost):
+    """Hosts one engine as a named, detached Ray actor (see `engine_actor`)."""
 
-    def __init__(self, model: ModelConfig) -> None:
-        from pipeline.engines.local import local_engine
-
-        self.engine = local_engine(model)
-        self.model = model
-
-    async def generate_batch(self, requests: list[StepRequest]) -> list[StepResult]:
-        try:
-            return await self.engine.generate_batch(requests)
-        except Exception as exc:
-            if engine_dead(exc):
-                # The engine process is gone and vLLM cannot revive it in place: end this actor
-                # so that Ray restarts it (max_restarts) and retries the callers' calls.
-                log.error(
-                    "engine %s died (%s); exiting so Ray restarts the actor", self.model.name, exc
-                )
-                os._exit(1)
-            raise
-
-    async def reset_prefix_cache(self) -> None:
-        if hasattr(self.engine, "reset_prefix_cache"):  # an OpenAI engine has none to reset
-            await self.engine.reset_prefix_cache()
-
-    async def describe(self) -> dict:
-        import psutil
-
-        return {
-            "name": self.model.name,
-            "fingerprint": self.engine.fingerprint,
-            "max_model_len": self.engine.max_model_len,
-            "node_id": ray.get_runtime_context().get_node_id(),
-            "pid": os.getpid(),
-            "child_pids": [p.pid for p in psutil.Process().children(recursive=True)],
-        }
-
-
-def engine_dead(exc: BaseException) -> bool:
-    try:
-        from vllm.v1.engine.exceptions import EngineDeadError
-    except ImportError:  # an OpenAI engine only: no local engine process to die
-        return False
-    return isinstance(exc, EngineDeadError)
+    replaced_by = "Ray (max_restarts), which also retries the callers' calls,"
 
 
 class ActorEngine:
@@ -92,6 +51,9 @@ class ActorEngine:
 
     async def reset_prefix_cache(self) -> None:
         await self.actor.reset_prefix_cache.remote()
+
+    async def close(self) -> None:
+        """Nothing to release: the actor is shared and stays for its next user."""
 
 
 def actor_options(model: ModelConfig) -> dict:

@@ -188,3 +188,9 @@ class CachedEngine:
                 self.cache.put(self.fingerprint, requests[i], result)
                 results[i] = result
         return results  # type: ignore[return-value]
+
+    async def reset_prefix_cache(self) -> None:
+        await self.engine.reset_prefix_cache()
+
+    async def close(self) -> None:
+        await self.engine.close()

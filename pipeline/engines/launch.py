@@ -7,7 +7,8 @@ cannot tell them apart.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 
 from pipeline.config import ModelConfig
 from pipeline.engines.cache import CachedEngine, StepCache
@@ -16,7 +17,7 @@ from pipeline.engines.types import StepEngine
 
 log = logging.getLogger(__name__)
 
-__all__ = ["shutdown_engines", "start_engines"]
+__all__ = ["engine_pool", "shutdown_engines", "start_engines"]
 
 
 def start_engines(
@@ -42,15 +43,34 @@ def start_engines(
     return engines
 
 
-async def shutdown_engines(engines: dict[str, StepEngine], *, kill_actors: bool = False) -> None:
-    """Stop in-process engines (actors are shared and stay, unless `kill_actors`)."""
+async def shutdown_engines(engines: dict[str, StepEngine]) -> None:
+    """Release what these engines own (`StepEngine.close`): in-process engines stop; shared
+    Ray actors stay for their next user."""
     for engine in engines.values():
-        inner = getattr(engine, "engine", engine)  # unwrap a CachedEngine
-        if hasattr(inner, "shutdown"):
-            inner.shutdown()
-        elif hasattr(inner, "aclose"):
-            await inner.aclose()
-        elif kill_actors and hasattr(inner, "actor"):
-            import ray
+        await engine.close()
 
-            ray.kill(inner.actor, no_restart=True)
+
+@asynccontextmanager
+async def engine_pool(
+    models: Sequence[ModelConfig],
+    *,
+    use_ray: bool = True,
+    cache: StepCache | None = None,
+    engines: dict[str, StepEngine] | None = None,
+) -> AsyncIterator[dict[str, StepEngine]]:
+    """The engines of `models` for the duration of an `async with` block.
+
+    `engines`: running ones to use (the caller keeps them: they stay running); otherwise they
+    are started here (`start_engines`) and released on exit. With `cache`, every engine is
+    fronted by it and the cache is flushed on exit, even when the block fails."""
+    own = engines is None
+    live = start_engines(models, use_ray=use_ray) if own else dict(engines)
+    if cache is not None:
+        live = {name: CachedEngine(engine, cache) for name, engine in live.items()}
+    try:
+        yield live
+    finally:
+        if cache is not None:
+            cache.flush()
+        if own:
+            await shutdown_engines(live)

@@ -176,8 +176,13 @@ class OpenAIEngine:
         """Requests go out concurrently; the server batches them."""
         return list(await asyncio.gather(*(self.generate(r) for r in requests)))
 
-    async def aclose(self) -> None:
+    async def reset_prefix_cache(self) -> None:
+        """A no-op: the server's prefix cache is not this client's to reset."""
+
+    async def close(self) -> None:
         await self._client.aclose()
+
+    aclose = close
 
     # ---------------------------------------------------------------- degraded paths
 

@@ -84,7 +84,7 @@ def _folder_digest(path: str) -> str:
 
 
 class StepEngine(Protocol):
-    """What the controller needs from a generator."""
+    """What the controller needs from a generator, and what its owner needs to manage it."""
 
     fingerprint: str  # model + revision + dtype: the step cache keys on it
     max_model_len: int
@@ -92,3 +92,12 @@ class StepEngine(Protocol):
     async def generate(self, request: StepRequest) -> StepResult: ...
 
     async def generate_batch(self, requests: list[StepRequest]) -> list[StepResult]: ...
+
+    async def reset_prefix_cache(self) -> None:
+        """Forget cached prefixes (a no-op where the engine's cache is not ours to reset)."""
+        ...
+
+    async def close(self) -> None:
+        """Release what this handle owns: an in-process engine stops, a client closes; a
+        handle on a shared actor or deployment releases nothing."""
+        ...

@@ -131,6 +131,9 @@ class VLLMEngine:
         (benchmarks measure a cold engine this way without restarting it)."""
         await self._engine.reset_prefix_cache()
 
+    async def close(self) -> None:
+        self.shutdown()
+
     def shutdown(self) -> None:
         if self._engine is not None:
             self._engine.shutdown()

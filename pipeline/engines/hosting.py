@@ -1,0 +1,77 @@
+"""`EngineHost`: one model's engine inside a long-lived process that many callers share.
+
+The Ray actor (`pipeline.engines.actor.EngineActor`) and the Serve deployment
+(`serve_app.engines.EngineServer`) are both an `EngineHost`: the same engine construction, the
+same way out when the engine process dies (exit, so Ray or Serve replaces the process), the same
+prefix-cache reset, description and health.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from pipeline.config import ModelConfig
+from pipeline.engines.local import local_engine
+from pipeline.engines.types import StepEngine, StepRequest, StepResult
+
+log = logging.getLogger(__name__)
+
+__all__ = ["EngineHost", "engine_dead"]
+
+
+def engine_dead(exc: BaseException) -> bool:
+    """Is `exc` vLLM saying its engine process is gone (it cannot be revived in place)?"""
+    try:
+        from vllm.v1.engine.exceptions import EngineDeadError
+    except ImportError:  # an OpenAI engine only: no local engine process to die
+        return False
+    return isinstance(exc, EngineDeadError)
+
+
+class EngineHost:
+    """Hosts one engine; every method is async so callers' calls overlap inside the host."""
+
+    replaced_by = "its supervisor"  # who starts a new process when this one exits (for the log)
+    model: ModelConfig
+    engine: StepEngine  # built here by `local_engine`
+
+    def __init__(self, model: ModelConfig) -> None:
+        self.model = model
+        self.engine = local_engine(model)
+
+    async def generate_batch(self, requests: list[StepRequest]) -> list[StepResult]:
+        try:
+            return await self.engine.generate_batch(requests)
+        except Exception as exc:
+            if engine_dead(exc):
+                log.error(
+                    "engine %s died (%s); exiting so %s replaces this process",
+                    self.model.name,
+                    exc,
+                    self.replaced_by,
+                )
+                os._exit(1)
+            raise
+
+    async def reset_prefix_cache(self) -> None:
+        """Empty the engine's prefix cache (benchmarks start each measured arm cold)."""
+        await self.engine.reset_prefix_cache()
+
+    async def describe(self) -> dict:
+        import psutil
+        import ray
+
+        return {
+            "name": self.model.name,
+            "fingerprint": self.engine.fingerprint,
+            "max_model_len": self.engine.max_model_len,
+            "node_id": ray.get_runtime_context().get_node_id() if ray.is_initialized() else None,
+            "pid": os.getpid(),
+            "child_pids": [p.pid for p in psutil.Process().children(recursive=True)],
+        }
+
+    def healthy(self) -> bool:
+        """False once the engine has errored (a dead vLLM engine core)."""
+        inner = getattr(self.engine, "_engine", None)
+        return not (inner is not None and getattr(inner, "errored", False))
