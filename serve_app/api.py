@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -138,6 +138,25 @@ class ChatRequest(_Common):
     def token_limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
 
+    # What differs between the two endpoints lives on the request type; the router asks it.
+    id_prefix: ClassVar[str] = "chatcmpl"
+    prompt_param: ClassVar[str] = "messages"
+
+    def response(self, rid: str, state: ReasoningState, routing: dict) -> dict:
+        return chat_response(rid, self.model, state, routing)
+
+    def opening_chunks(self, rid: str) -> list[dict]:
+        return [chat_chunk(rid, self.model, {"role": "assistant", "content": ""})]
+
+    def step_chunk(self, rid: str, text: str, **extra: Any) -> dict:
+        return chat_chunk(rid, self.model, {"content": text}, **extra)
+
+    def final_chunk(self, rid: str, finish: str, **extra: Any) -> dict:
+        return chat_chunk(rid, self.model, {}, finish, **extra)
+
+    def usage_chunk(self, rid: str, state: ReasoningState) -> dict:
+        return chat_chunk(rid, self.model, None, usage=usage(state))
+
 
 class CompletionRequest(_Common):
     prompt: str | list[str]
@@ -161,6 +180,24 @@ class CompletionRequest(_Common):
     @property
     def token_limit(self) -> int | None:
         return self.max_tokens
+
+    id_prefix: ClassVar[str] = "cmpl"
+    prompt_param: ClassVar[str] = "prompt"
+
+    def response(self, rid: str, state: ReasoningState, routing: dict) -> dict:
+        return completion_response(rid, self.model, state, routing)
+
+    def opening_chunks(self, rid: str) -> list[dict]:
+        return []
+
+    def step_chunk(self, rid: str, text: str, **extra: Any) -> dict:
+        return completion_chunk(rid, self.model, text, **extra)
+
+    def final_chunk(self, rid: str, finish: str, **extra: Any) -> dict:
+        return completion_chunk(rid, self.model, "", finish, **extra)
+
+    def usage_chunk(self, rid: str, state: ReasoningState) -> dict:
+        return completion_chunk(rid, self.model, None, usage=usage(state))
 
 
 def parse_request(kind: type[_Common], payload: Any) -> _Common:

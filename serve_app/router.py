@@ -108,12 +108,24 @@ def build_routes(
 app = FastAPI(title="steproute router", docs_url=None, redoc_url=None)
 
 
+def api_error(exc: Exception) -> APIError:
+    """What an exception means to a client: its own `APIError`, 503 for an engine that did not
+    answer, 404/405 for a path or method the app does not have, 500 (logged) for the rest."""
+    if isinstance(exc, APIError):
+        return exc
+    if isinstance(exc, EngineUnavailable):
+        return APIError(503, str(exc), type="server_error", code="engine_unavailable")
+    if isinstance(exc, StarletteHTTPException):
+        return APIError(exc.status_code, str(exc.detail))
+    log.exception("request failed")
+    return APIError(500, "internal error; the router's log has the details", type="server_error")
+
+
 @app.exception_handler(StarletteHTTPException)
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    # Unknown paths and methods answer in the OpenAI error shape too.
-    return JSONResponse(
-        api.error_body(str(exc.detail), "invalid_request_error"), status_code=exc.status_code
-    )
+    # Unknown paths and methods: FastAPI raises before any endpoint runs.
+    error = api_error(exc)
+    return JSONResponse(error.body(), status_code=error.status)
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0})
@@ -298,18 +310,16 @@ class Router:
     async def health(self) -> JSONResponse:
         try:
             await self._get_controller()
-        except EngineUnavailable as exc:
-            return JSONResponse(
-                api.error_body(str(exc), "server_error", code="engine_unavailable"), 503
-            )
+        except Exception as exc:
+            return self._error(exc)
         return JSONResponse({"status": "ok", "in_flight": self.in_flight})
 
     @app.get("/v1/models")
     async def models(self, request: Request) -> JSONResponse:
         try:
             self._authorize(request)
-        except APIError as exc:
-            return JSONResponse(exc.body(), exc.status)
+        except Exception as exc:
+            return self._error(exc)
         data = [
             {
                 "id": route.model_id,
@@ -356,7 +366,7 @@ class Router:
                     code="overloaded",
                 )
             controller = await self._get_controller()
-            rid = api.new_id("chatcmpl" if kind is api.ChatRequest else "cmpl")
+            rid = api.new_id(req.id_prefix)
             state = controller.start(Problem(id=rid, question=question, gold_answer=""))
             prompt = state.prompt_lengths[controller.small]
             if prompt > self.max_prompt_tokens:
@@ -364,7 +374,7 @@ class Router:
                     422,
                     f"the prompt is {prompt} tokens; this router takes at most "
                     f"{self.max_prompt_tokens}",
-                    param="messages" if kind is api.ChatRequest else "prompt",
+                    param=req.prompt_param,
                     code="context_length_exceeded",
                 )
             state.token_limit = limit
@@ -372,7 +382,7 @@ class Router:
             self.in_flight += 1
             if req.stream:
                 return StreamingResponse(
-                    self._stream(controller, state, rule, route, req, rid, kind),
+                    self._stream(controller, state, rule, route, req, rid),
                     media_type="text/event-stream",
                 )
             try:
@@ -381,38 +391,24 @@ class Router:
             finally:
                 self.in_flight -= 1
             routing = self._finish(state, route, req.model)
-            build = api.chat_response if kind is api.ChatRequest else api.completion_response
-            return JSONResponse(build(rid, req.model, state, routing))
+            return JSONResponse(req.response(rid, state, routing))
         except Exception as exc:
             return self._error(exc, model)
 
-    async def _stream(self, controller, state, rule, route, req, rid, kind) -> AsyncIterator[str]:
-        chat = kind is api.ChatRequest
-
+    async def _stream(self, controller, state, rule, route, req, rid) -> AsyncIterator[str]:
         def event(payload: dict) -> str:
             return f"data: {json.dumps(payload)}\n\n"
 
         try:
-            if chat:
-                yield event(api.chat_chunk(rid, req.model, {"role": "assistant", "content": ""}))
+            for chunk in req.opening_chunks(rid):
+                yield event(chunk)
             async for step in controller.solve(state, rule):
                 info = api.step_info(len(state.steps) - 1, step)
-                if chat:
-                    chunk = api.chat_chunk(
-                        rid, req.model, {"content": step.text}, routing_step=info
-                    )
-                else:
-                    chunk = api.completion_chunk(rid, req.model, step.text, routing_step=info)
-                yield event(chunk)
+                yield event(req.step_chunk(rid, step.text, routing_step=info))
             routing = self._finish(state, route, req.model)
-            finish = api.finish_reason(state)
-            if chat:
-                yield event(api.chat_chunk(rid, req.model, {}, finish, routing=routing))
-            else:
-                yield event(api.completion_chunk(rid, req.model, "", finish, routing=routing))
+            yield event(req.final_chunk(rid, api.finish_reason(state), routing=routing))
             if req.include_usage:
-                build = api.chat_chunk if chat else api.completion_chunk
-                yield event(build(rid, req.model, None, usage=api.usage(state)))
+                yield event(req.usage_chunk(rid, state))
             yield "data: [DONE]\n\n"
         except Exception as exc:  # the status line is gone: the error goes in the stream
             error = self._error(exc, req.model)
@@ -435,15 +431,11 @@ class Router:
         self.requests.inc(tags={"model": model, "status": "200"})
         return routing
 
-    def _error(self, exc: Exception, model: str) -> JSONResponse:
-        if isinstance(exc, APIError):
-            error = exc
-        elif isinstance(exc, EngineUnavailable):
-            error = APIError(503, str(exc), type="server_error", code="engine_unavailable")
-        else:
-            log.exception("request failed")
-            error = APIError(
-                500, "internal error; the router's log has the details", type="server_error"
-            )
-        self.requests.inc(tags={"model": model, "status": str(error.status)})
+    def _error(self, exc: Exception, model: str | None = None) -> JSONResponse:
+        """The one place an exception becomes an HTTP error (OpenAI's error JSON): every
+        endpoint, and the stream's last event, answer through it. `model`: the model id the
+        request asked for, counted in `steproute_requests`; None for requests that name none."""
+        error = api_error(exc)
+        if model is not None:
+            self.requests.inc(tags={"model": model, "status": str(error.status)})
         return JSONResponse(error.body(), error.status)
