@@ -1,8 +1,8 @@
 """The stepwise controller: one state machine that solves many problems a step at a time.
 
-Per problem a `ReasoningState` holds each model's context as token ids, the steps taken (and by
-which model), the cost paid so far and whether the problem is done. The batched primitives are
-the whole vocabulary of routing:
+Per problem a `ReasoningState` (pipeline.trajectory) holds each model's context as token ids,
+the steps taken (and by which model), the cost paid so far and whether the problem is done. The
+batched primitives are the whole vocabulary of routing:
 
     drafts = await controller.draft(states)            # small model, one step each (cost paid)
     obs = controller.observe(states, drafts)           # features, in FEATURE_NAMES order
@@ -27,7 +27,6 @@ import logging
 import math
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -45,60 +44,11 @@ from pipeline.features import (
 from pipeline.grading import extract_answer, grade
 from pipeline.prompts import prompt_token_ids
 from pipeline.rules import RoutingRule
+from pipeline.trajectory import ReasoningState, StepRecord
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Controller", "ReasoningState", "StepRecord"]
-
-
-@dataclass(frozen=True)
-class StepRecord:
-    """One kept step of a trajectory, with what the router saw when it chose it."""
-
-    model: str  # who wrote the kept step
-    text: str
-    token_ids: tuple[int, ...]
-    cost: float  # everything paid for this step: draft, verification, escalation
-    features: tuple[float, ...]  # the observation at the decision (the draft's features)
-    score: float | None = None  # the rule's escalation score, when it has one
-    draft_text: str | None = None  # the discarded draft, when the step was escalated
-    mean_logprob: float = math.nan  # the kept step's mean token logprob under its writer
-
-    @property
-    def escalated(self) -> bool:
-        return self.draft_text is not None
-
-
-@dataclass
-class ReasoningState:
-    problem: Problem
-    contexts: dict[str, list[int]]  # per model: prompt + kept steps, as that model's token ids
-    prompt_lengths: dict[str, int]
-    steps: list[StepRecord] = field(default_factory=list)
-    cost: float = 0.0  # under routing.cost_model
-    # The trajectory's total under every cost model the ladder has inputs for (reports).
-    costs: dict[str, float] = field(default_factory=dict)
-    # Per model: the tokens it has processed in this trajectory (what its KV cache would hold).
-    processed: dict[str, ProcessedTokens] = field(default_factory=dict)
-    done: bool = False
-    stop_reason: str | None = None  # answer | eos | max_steps | max_tokens
-    final_answer: str | None = None
-    min_draft_prob: float = 1.0  # lowest draft mean probability seen so far
-    # Per model: cost paid and tokens generated, discarded drafts included.
-    cost_by_model: dict[str, float] = field(default_factory=dict)
-    tokens_by_model: dict[str, int] = field(default_factory=dict)
-    # A request's own cap on kept tokens (Serve's max_tokens); steps are clipped to fit it.
-    # None: routing.max_total_tokens, and steps are not clipped.
-    token_limit: int | None = None
-    _step_start_cost: float = 0.0
-
-    @property
-    def solution(self) -> str:
-        return "".join(step.text for step in self.steps)
-
-    @property
-    def escalations(self) -> int:
-        return sum(step.escalated for step in self.steps)
+__all__ = ["Controller"]
 
 
 class Controller:

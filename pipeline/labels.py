@@ -28,10 +28,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pipeline.controller import Controller, ReasoningState
+from pipeline.controller import Controller
 from pipeline.data import Problem
 from pipeline.policy import RouterPolicy
 from pipeline.rules import make_rule
+from pipeline.trajectory import ReasoningState
 
 log = logging.getLogger(__name__)
 

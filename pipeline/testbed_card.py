@@ -15,11 +15,36 @@ def sha256_of(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def write_model_card(models_dir: Path, report: TestbedReport) -> Path:
+# How the pair was designed and how to reproduce it: fixed prose between the measured numbers
+# and the per-model training configurations.
+HOW_THE_PAIR_IS_BUILT = [
+    "## How the pair is built",
+    "",
+    "Both models see the whole task (3-6 operations, values up to 99). The small one is",
+    "weak per step in two ways. It has little capacity and training, so it slips on single",
+    "steps, and those slips show in its own confidence. And its training labels hold one",
+    "systematic misconception (`zero_borrow`: it subtracts digit by digit, smaller from",
+    "larger, when the first number ends in 0, `50-27=37`), so on that class of steps it is",
+    "wrong with conviction, which its confidence does not show. Both kinds of error are",
+    "local: every later step continues from the value the trajectory reached, so when the",
+    "large model writes the wrong step, the small model carries on correctly. The benchmark",
+    "itself never contains the misconception.",
+    "",
+    "## Training configuration",
+    "",
+    "Seeds are explicit: `steproute testbed train --model small --threads 2` (and `--model",
+    "large`) retrains with the preset, seed and thread count recorded below. Torch on the same",
+    "kind of machine reproduces the weight files bit for bit: retraining each model gave",
+    "the sha256 below again (a test checks a few iterations). On another CPU float32 sums",
+    "may reorder, so expect close but not identical numbers. Training times are wall-clock",
+    "on 2 cores, each model trained alone.",
+    "",
+]
+
+
+def _measured_lines(report: TestbedReport, records: dict[str, dict]) -> list[str]:
+    """The title, the per-model table, the cost ratio and the repair / oracle numbers."""
     reports = report.models
-    records = {
-        name: json.loads((models_dir / name / "training.json").read_text()) for name in reports
-    }
     lines = [
         "# Testbed models (TESTBED: synthetic arithmetic, not GSM8K or MATH)",
         "",
@@ -43,7 +68,7 @@ def write_model_card(models_dir: Path, report: TestbedReport) -> Path:
             f" | {measured.step_accuracy:.1%} | {measured.step_error_auroc:.3f} |"
         )
     oracle = ", ".join(f"`{k}` {v:.3f}" for k, v in report.oracle_cost_at_large.items())
-    lines += [
+    return lines + [
         "",
         f"Per-step cost ratio large/small by parameter count: **{report.cost_ratio:.2f}×** "
         "(the `flops` cost model charges 2 × parameters per processed token).",
@@ -53,29 +78,18 @@ def write_model_card(models_dir: Path, report: TestbedReport) -> Path:
         f"(every wrong draft escalated) reaches {report.oracle_accuracy:.1%}; its normalized "
         f"cost at the large model's accuracy minus one point: {oracle}.",
         "",
-        "## How the pair is built",
-        "",
-        "Both models see the whole task (3-6 operations, values up to 99). The small one is",
-        "weak per step in two ways. It has little capacity and training, so it slips on single",
-        "steps, and those slips show in its own confidence. And its training labels hold one",
-        "systematic misconception (`zero_borrow`: it subtracts digit by digit, smaller from",
-        "larger, when the first number ends in 0, `50-27=37`), so on that class of steps it is",
-        "wrong with conviction, which its confidence does not show. Both kinds of error are",
-        "local: every later step continues from the value the trajectory reached, so when the",
-        "large model writes the wrong step, the small model carries on correctly. The benchmark",
-        "itself never contains the misconception.",
-        "",
-        "## Training configuration",
-        "",
-        "Seeds are explicit: `steproute testbed train --model small --threads 2` (and `--model",
-        "large`) retrains with the preset, seed and thread count recorded below. Torch on the same",
-        "kind of machine reproduces the weight files bit for bit: retraining each model gave",
-        "the sha256 below again (a test checks a few iterations). On another CPU float32 sums",
-        "may reorder, so expect close but not identical numbers. Training times are wall-clock",
-        "on 2 cores, each model trained alone.",
-        "",
     ]
-    for name in reports:
+
+
+def write_model_card(models_dir: Path, report: TestbedReport) -> Path:
+    """Write `<models_dir>/MODEL_CARD.md`: `report`'s numbers, how the pair is built, each
+    model's training configuration (its `training.json`) and the sha256 of its weight files."""
+    records = {
+        name: json.loads((models_dir / name / "training.json").read_text())
+        for name in report.models
+    }
+    lines = _measured_lines(report, records) + HOW_THE_PAIR_IS_BUILT
+    for name in report.models:
         lines += [
             f"### {name}",
             "",
@@ -85,7 +99,7 @@ def write_model_card(models_dir: Path, report: TestbedReport) -> Path:
             "",
         ]
     lines += ["## Weight files (sha256)", "", "| file | sha256 |", "| --- | --- |"]
-    for name in reports:
+    for name in report.models:
         for path in sorted((models_dir / name).glob("*.safetensors")):
             lines.append(f"| `{name}/{path.name}` | `{sha256_of(path)}` |")
     lines.append("")

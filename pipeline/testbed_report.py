@@ -11,6 +11,9 @@
 - The `oracle` curve (every wrong draft escalated, in a growing share of problems) and its
   normalized cost at the large model's accuracy minus one point, under every cost model.
 
+`target_checks` holds each measure against the target the pair was built to meet (the
+`steproute testbed report` table; tests/testbed check the committed pair against the same ones).
+
 All numbers are TESTBED numbers.
 """
 
@@ -21,16 +24,35 @@ import math
 from dataclasses import dataclass, field
 
 from pipeline.config import ExperimentConfig
-from pipeline.controller import Controller, ReasoningState
+from pipeline.controller import Controller
 from pipeline.data import Problem
 from pipeline.engines.cache import StepCache
 from pipeline.metrics import auroc
 from pipeline.rules import make_rule
 from pipeline.testbed.tasks import grade_step
+from pipeline.trajectory import ReasoningState
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ModelReport", "TestbedReport", "measure"]
+__all__ = [
+    "AUROC_BAND",
+    "COST_RATIO_MIN",
+    "LARGE_ACCURACY_MIN",
+    "REPAIR_RATE_MIN",
+    "SMALL_ACCURACY_BAND",
+    "ModelReport",
+    "TargetCheck",
+    "TestbedReport",
+    "measure",
+    "target_checks",
+]
+
+# Routing-signal targets of the testbed (see pipeline/testbed/models/MODEL_CARD.md).
+SMALL_ACCURACY_BAND = (0.50, 0.75)
+LARGE_ACCURACY_MIN = 0.96
+AUROC_BAND = (0.65, 0.85)
+COST_RATIO_MIN = 4.0
+REPAIR_RATE_MIN = 0.60
 
 
 @dataclass
@@ -120,3 +142,51 @@ async def measure(
                 else math.nan
             ),
         )
+
+
+@dataclass(frozen=True)
+class TargetCheck:
+    """One measure of the report against the testbed's target for it."""
+
+    measure: str
+    value: str  # formatted as the report shows it
+    target: str
+    met: bool
+
+
+def target_checks(report: TestbedReport, small: str, large: str) -> list[TargetCheck]:
+    """Each routing-signal measure of `report` against its target; `small` and `large` name the
+    ends of the ladder."""
+    s, g = report.models[small], report.models[large]
+    return [
+        TargetCheck(
+            f"{small} problem accuracy",
+            f"{s.accuracy:.1%}",
+            "50-75 %",
+            SMALL_ACCURACY_BAND[0] <= s.accuracy <= SMALL_ACCURACY_BAND[1],
+        ),
+        TargetCheck(
+            f"{large} problem accuracy",
+            f"{g.accuracy:.1%}",
+            ">= 96 %",
+            g.accuracy >= LARGE_ACCURACY_MIN,
+        ),
+        TargetCheck(
+            f"{small} step-error AUROC of -mean logprob",
+            f"{s.step_error_auroc:.3f}",
+            "0.65-0.85",
+            AUROC_BAND[0] <= s.step_error_auroc <= AUROC_BAND[1],
+        ),
+        TargetCheck(
+            "per-step cost ratio large/small (parameters)",
+            f"{report.cost_ratio:.2f}x",
+            ">= 4x",
+            report.cost_ratio >= COST_RATIO_MIN,
+        ),
+        TargetCheck(
+            f"repair rate (first wrong step escalated, {report.repairable} failures)",
+            f"{report.repair_rate:.1%}",
+            ">= 60 %",
+            report.repair_rate >= REPAIR_RATE_MIN,
+        ),
+    ]

@@ -36,12 +36,13 @@ import numpy as np
 from ray.rllib.env.multi_agent_env import MultiAgentEnv
 
 from pipeline.config import ExperimentConfig, load_config, parse_config
-from pipeline.controller import Controller, ReasoningState
+from pipeline.controller import Controller
 from pipeline.data import load_split
 from pipeline.engines.cache import StepCache
 from pipeline.engines.types import StepResult
 from pipeline.features import NUM_FEATURES
 from pipeline.rules import make_rule
+from pipeline.trajectory import ReasoningState
 
 log = logging.getLogger(__name__)
 

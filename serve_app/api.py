@@ -12,7 +12,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from pipeline.controller import ReasoningState
+from pipeline.trajectory import ReasoningState
 
 __all__ = [
     "APIError",

@@ -10,18 +10,18 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from pipeline.cli import (
+from pipeline.data import load_split
+from pipeline.testbed.tasks import generate_problems
+from pipeline.testbed.tokenizer import PROMPT_FORMAT
+from pipeline.testbed_card import sha256_of
+from pipeline.testbed_report import (
     AUROC_BAND,
     COST_RATIO_MIN,
     LARGE_ACCURACY_MIN,
     REPAIR_RATE_MIN,
     SMALL_ACCURACY_BAND,
+    measure,
 )
-from pipeline.data import load_split
-from pipeline.testbed.tasks import generate_problems
-from pipeline.testbed.tokenizer import PROMPT_FORMAT
-from pipeline.testbed_card import sha256_of
-from pipeline.testbed_report import measure
 
 REPO = Path(__file__).resolve().parents[2]
 MODELS = REPO / "pipeline" / "testbed" / "models"

@@ -1,0 +1,354 @@
+"""The evaluation's outputs: report.md (labelled TESTBED where the data is the testbed), the
+accuracy–cost and escalation-by-step plots, results.parquet / points.csv / summary.csv /
+runs.jsonl, and the MLflow run."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.calibration import load_operating_points
+from pipeline.config import ExperimentConfig
+from pipeline.evaluation.running import EvaluationResult, policy_folder
+from pipeline.evaluation.summary import (
+    calibrated_outcomes,
+    results_digest,
+    seed_rows,
+    seed_spread,
+)
+
+__all__ = [
+    "TESTBED_LABEL",
+    "finish_plot",
+    "format_metric",
+    "log_mlflow",
+    "plot_rule_curves",
+    "report_markdown",
+    "write_outputs",
+]
+
+TESTBED_LABEL = "TESTBED (synthetic arithmetic; not a GSM8K/MATH result)"
+
+
+def format_metric(value: float | None) -> str:
+    """Three decimals, or "—" where a metric does not exist (one operating point has no curve)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    return f"{value:.3f}"
+
+
+def plot_rule_curves(ax, points: pd.DataFrame, **style) -> None:
+    """One accuracy-vs-cost curve per rule (a lone point for a rule with one operating point)."""
+    for rule, group in points.groupby("rule", sort=False):
+        group = group.sort_values("cost_normalized")
+        marker = "o" if len(group) == 1 else "o-"
+        ax.plot(group.cost_normalized, group.accuracy, marker, label=rule, markersize=4, **style)
+
+
+def _plots(points: pd.DataFrame, results: pd.DataFrame, folder: Path, label: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 5))
+    plot_rule_curves(ax, points)
+    finish_plot(
+        fig,
+        ax,
+        "cost / large-only cost",
+        "accuracy",
+        f"Accuracy vs cost — {label}",
+        folder / "accuracy_cost.png",
+    )
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    routed = results[~results.rule.isin(["small_only", "large_only"])]
+    for rule, group in routed.groupby("rule", sort=False):
+        steps = group.steps.to_numpy()
+        width = int(steps.max()) if len(steps) else 0
+        escalated, total = np.zeros(width), np.zeros(width)
+        for n, marked in zip(group.steps, group.escalated_steps, strict=True):
+            total[:n] += 1
+            escalated[list(marked)] += 1
+        rate = np.divide(escalated, total, out=np.zeros(width), where=total > 0)
+        ax.plot(np.arange(width), rate, "o-", label=rule, markersize=3)
+    finish_plot(
+        fig,
+        ax,
+        "step index",
+        "escalation rate (all operating points)",
+        f"Escalation by step — {label}",
+        folder / "escalation_by_step.png",
+    )
+
+
+def finish_plot(fig, ax, xlabel: str, ylabel: str, title: str, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def report_markdown(
+    cfg: ExperimentConfig, result: EvaluationResult, runs: list[dict], label: str
+) -> str:
+    """The evaluation's report.md: one section per function below, in reading order."""
+    acc_large = float(result.points.loc[result.points.rule == "large_only", "accuracy"].iloc[0])
+    lines = _points_section(cfg, result, label)
+    lines += _curve_metrics_section(result)
+    lines += _cost_models_section(result)
+    lines += _seeds_section(result)
+    lines += _calibrated_section(cfg, result, acc_large)
+    lines += _notes_section(cfg, result)
+    lines += _runs_section(runs)
+    lines += [
+        "",
+        "![accuracy vs cost](accuracy_cost.png)",
+        "",
+        "![escalation by step](escalation_by_step.png)",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _points_section(cfg: ExperimentConfig, result: EvaluationResult, label: str) -> list[str]:
+    lines = [
+        f"# Routing evaluation: {cfg.name} — {label}",
+        "",
+        f"Split `{cfg.evaluation.split}`, {result.results.problem_id.nunique()} problems; "
+        f"cost model `{cfg.routing.cost_model}`; models "
+        + " → ".join(f"`{m.name}`" for m in cfg.models)
+        + ". Costs are normalized to the large-only cost of the same problems.",
+        "",
+        "## Operating points",
+        "",
+        "| rule | threshold | accuracy | cost (norm.) | escalation rate | mean cost (abs.) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for p in result.points.itertuples():
+        lines.append(
+            f"| {p.rule} | {format_metric(p.threshold)} | {p.accuracy:.3f} | "
+            f"{p.cost_normalized:.3f} | {p.escalation_rate:.3f} | {p.cost:.4g} |"
+        )
+    return lines
+
+
+def _curve_metrics_section(result: EvaluationResult) -> list[str]:
+    fmt = format_metric
+    lines = [
+        "",
+        "## Curve metrics",
+        "",
+        "Costs under the configured cost model. APGR: RouteLLM's average performance gap "
+        "recovered, the area under PGR over the cost range from small-only to large-only "
+        "(normalized to [0, 1]; a straight line between the two scores 0.5). AUC: the area "
+        "under accuracy over the same range. A rule with one operating point has no curve (—). "
+        "CPT(x %) and cost@large are normalized costs (fraction of large-only cost): the "
+        "lowest at which PGR reaches x %, and at which accuracy reaches the large model's "
+        "minus one point. `oracle` (testbed only) is the upper reference, not a baseline. "
+        "Shortfall: the most accuracy the confidence-threshold rule has over this rule at any "
+        "cost in that range (0: at or above it everywhere).",
+        "",
+        "| rule | AUC | APGR | CPT50 | CPT80 | CPT95 | cost@large | best accuracy | shortfall |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for s in result.summary.to_dict("records"):
+        lines.append(
+            f"| {s['rule']} | {fmt(s['auc'])} | {fmt(s.get('apgr'))} | {fmt(s.get('cpt50'))} | "
+            f"{fmt(s.get('cpt80'))} | {fmt(s.get('cpt95'))} | {fmt(s['cost_at_large_accuracy'])} "
+            f"| {fmt(s['best_accuracy'])} | {fmt(s.get('shortfall/confidence_threshold'))} |"
+        )
+    return lines
+
+
+def _cost_models_section(result: EvaluationResult) -> list[str]:
+    models = [
+        c.split("/", 1)[1]
+        for c in result.summary.columns
+        if c.startswith("cost_at_large_accuracy/")
+    ]
+    if not models:
+        return []
+    lines = [
+        "",
+        "## cost@large under every cost model",
+        "",
+        "Normalized cost at which each rule first reaches the large model's accuracy minus "
+        "one point, under each cost model (pipeline/cost.py): `flops` (2 × parameters per "
+        "processed token), `price` (input, cached-input and output prices per token), "
+        "`tokens` (the large model's generated tokens, as TRIM counts them).",
+        "",
+        "| rule | " + " | ".join(models) + " |",
+        "| --- |" + " ---: |" * len(models),
+    ]
+    for s in result.summary.to_dict("records"):
+        values = " | ".join(format_metric(s.get(f"cost_at_large_accuracy/{m}")) for m in models)
+        lines.append(f"| {s['rule']} | {values} |")
+    return lines
+
+
+def _seeds_section(result: EvaluationResult) -> list[str]:
+    spread = seed_spread(result.summary)
+    if not spread:
+        return []
+    seeds = seed_rows(result.summary)
+    lines = [
+        "",
+        "## Seeds",
+        "",
+        f"The policy was trained with {int(spread['seeds'])} seeds; each is evaluated on its own. "
+        f"Headline: **mean APGR {spread['apgr_mean']:.3f} ± {spread['apgr_std']:.3f}** "
+        f"(sample standard deviation; range {spread['apgr_min']:.3f}-{spread['apgr_max']:.3f}).",
+        "",
+        "| seed | APGR | AUC | cost@large |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for s in seeds.to_dict("records"):
+        lines.append(
+            f"| {s['rule'].removeprefix('policy/seed-')} | {format_metric(s['apgr'])} | "
+            f"{format_metric(s['auc'])} | {format_metric(s['cost_at_large_accuracy'])} |"
+        )
+    return lines
+
+
+def _calibrated_section(
+    cfg: ExperimentConfig, result: EvaluationResult, acc_large: float
+) -> list[str]:
+    policy_dir = policy_folder(cfg)
+    policies = result.policies or ({"policy": policy_dir} if policy_dir else {})
+    lines: list[str] = []
+    for name, folder in policies.items():
+        calibrated = load_operating_points(folder)
+        if not calibrated:
+            continue
+        policy_points = result.points[result.points.rule == name]
+        lines += [
+            "",
+            f"## Calibrated operating points on this split: `{name}`",
+            "",
+            "Chosen by `steproute calibrate` on the calibration split; measured here on held-out "
+            "problems at exactly their κ. A budget point holds when its cost here stays within "
+            "its budget; below budget: how much of the budget it left unspent here.",
+            "",
+            "| point | method | κ | calibration cost | calibration accuracy | cost here | "
+            "accuracy here | target met here | below budget |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: |",
+        ]
+        for p, cost, acc, met in calibrated_outcomes(policy_points, calibrated, acc_large):
+            knee = " (knee)" if p.knee else ""
+            below = p.budget - cost if p.budget is not None else None
+            lines.append(
+                f"| {p.name}{knee} | {p.method} | {p.kappa:.4g} | {p.expected_cost:.3f} | "
+                f"{p.expected_accuracy:.3f} | {cost:.3f} | {acc:.3f} | {'yes' if met else 'NO'} "
+                f"| {format_metric(below)} |"
+            )
+    return lines
+
+
+def _notes_section(cfg: ExperimentConfig, result: EvaluationResult) -> list[str]:
+    policy_dir = policy_folder(cfg)
+    which_policy = (
+        "one trained RouterPolicy per seed: "
+        + ", ".join(f"`{name}` in `{folder}`" for name, folder in result.policies.items())
+        if result.policies
+        else f"the trained RouterPolicy in `{policy_dir}`"
+        if policy_dir
+        else "the hand-set linear RouterPolicy (no trained policy found)"
+    )
+    ran_policy = any(rule.split("/")[0] == "policy" for rule in result.summary.rule)
+    lines = [
+        "",
+        (f"`policy`: {which_policy}. " if ran_policy else "")
+        + "`large_only` makes no drafts; every other rule pays for each draft. "
+        "`large_likelihood` asks the large model for prompt logprobs of each draft and pays "
+        "for it like any call: prefill of the context the large model has not processed in "
+        "this trajectory, plus the draft. Costs are computed from each trajectory alone "
+        "(pipeline/cost.py), never from the engines' prefix caches, so they do not depend on "
+        "what ran before.",
+    ]
+    if result.skipped:
+        lines += ["", "## Not run", ""]
+        lines += [f"- `{name}`: {why}." for name, why in result.skipped.items()]
+    return lines
+
+
+def _runs_section(runs: list[dict]) -> list[str]:
+    lines = [
+        "",
+        "## Runs of this evaluation",
+        "",
+        "| started (UTC) | wall time | step-cache hit rate | results digest | identical to previous |",
+        "| --- | ---: | ---: | --- | --- |",
+    ]
+    for i, run in enumerate(runs):
+        same = "—" if i == 0 else ("yes" if run["digest"] == runs[i - 1]["digest"] else "NO")
+        lines.append(
+            f"| {run['started']} | {run['wall_seconds']:.1f} s | {run['cache_hit_rate']:.1%} | "
+            f"`{run['digest']}` | {same} |"
+        )
+    return lines
+
+
+def write_outputs(cfg: ExperimentConfig, result: EvaluationResult, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    label = TESTBED_LABEL if cfg.dataset.name == "testbed" else cfg.dataset.name
+    result.results.to_parquet(folder / "results.parquet", index=False)
+    result.points.to_csv(folder / "points.csv", index=False)
+    result.summary.to_csv(folder / "summary.csv", index=False)
+    run = {
+        "started": time.strftime(
+            "%Y-%m-%d %H:%M:%S", time.gmtime(time.time() - result.wall_seconds)
+        ),
+        "wall_seconds": result.wall_seconds,
+        "cache_hit_rate": result.cache_stats.get("cache/hit_rate", 0.0),
+        "problems": int(result.results.problem_id.nunique()),
+        "digest": results_digest(result.results),
+    }
+    with open(folder / "runs.jsonl", "a") as handle:
+        handle.write(json.dumps(run) + "\n")
+    runs = [json.loads(line) for line in (folder / "runs.jsonl").read_text().splitlines() if line]
+    _plots(result.points, result.results, folder, label)
+    (folder / "report.md").write_text(report_markdown(cfg, result, runs, label))
+
+
+def log_mlflow(cfg: ExperimentConfig, result: EvaluationResult, folder: Path) -> None:
+    import mlflow
+
+    from pipeline.tracking import mlflow_run
+
+    with mlflow_run(cfg, f"evaluate-{cfg.name}", tags={"kind": "evaluation"}):
+        values = {
+            "eval/wall_seconds": result.wall_seconds,
+            **{k.replace("cache/", "eval/cache_"): v for k, v in result.cache_stats.items()},
+        }
+        for s in result.summary.to_dict("records"):
+            for key in (
+                "auc",
+                "apgr",
+                "cpt50",
+                "cpt80",
+                "cpt95",
+                "cost_at_large_accuracy",
+                "best_accuracy",
+            ):
+                value = s.get(key)
+                if value is not None and not math.isnan(value):
+                    values[f"eval/{s['rule']}/{key}"] = float(value)
+        values |= {f"eval/policy_seeds/{k}": v for k, v in seed_spread(result.summary).items()}
+        mlflow.log_metrics(values)
+        mlflow.log_artifacts(str(folder), artifact_path="evaluation")
+
+
+# ---------------------------------------------------------------------------- entry point

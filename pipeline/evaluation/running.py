@@ -1,0 +1,161 @@
+"""Running routing rules over a split: every rule, thresholded ones at every operating point,
+through one controller (and so one set of engines and one step cache). One row per problem
+and operating point, with the step-by-step routing trace."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.calibration import load_operating_points
+from pipeline.config import ExperimentConfig
+from pipeline.controller import Controller
+from pipeline.problem import Problem
+from pipeline.rules import NEVER, RoutingRule, ThresholdRule, make_rule
+from pipeline.trajectory import ReasoningState
+
+__all__ = ["EvaluationResult", "evaluate_with", "policy_folder", "seed_policies"]
+
+SKIPPED_RULES = {
+    "prm_threshold": "no process reward model is configured (none fits the testbed), and PRM "
+    "scoring through the engine layer is not built yet",
+}
+
+
+@dataclass
+class EvaluationResult:
+    results: pd.DataFrame  # one row per (operating point, problem)
+    points: pd.DataFrame  # one row per operating point
+    summary: pd.DataFrame  # one row per rule: AUC, APGR, CPT, cost at large accuracy
+    skipped: dict[str, str]
+    wall_seconds: float
+    cache_stats: dict[str, float]
+    output_dir: Path | None = None
+    policies: dict[str, Path] = field(default_factory=dict)  # label → folder, one per seed
+
+
+def _rows(label: str, threshold: float, states: list[ReasoningState], controller) -> list[dict]:
+    rows = []
+    for state in states:
+        trace = [
+            {
+                "model": step.model,
+                "text": step.text,
+                "cost": step.cost,
+                "score": step.score,
+                "draft": step.draft_text,
+            }
+            for step in state.steps
+        ]
+        rows.append(
+            {
+                "rule": label,
+                "threshold": threshold,
+                "problem_id": state.problem.id,
+                "correct": controller.is_correct(state),
+                "cost": state.cost,
+                **{f"cost_{name}": value for name, value in sorted(state.costs.items())},
+                "steps": len(state.steps),
+                "escalations": state.escalations,
+                "escalated_steps": [i for i, s in enumerate(state.steps) if s.escalated],
+                "stop_reason": state.stop_reason,
+                "final_answer": state.final_answer,
+                "trace": json.dumps(trace),
+            }
+        )
+    return rows
+
+
+def _thresholds(probe: list[ReasoningState], targets: tuple[float, ...]) -> list[float]:
+    """Thresholds at which the given fraction of the probe's drafts would escalate."""
+    scores = np.asarray([s.score for state in probe for s in state.steps if s.score is not None])
+    if scores.size == 0:
+        return [0.0]
+    levels = {float(np.quantile(scores, 1.0 - t, method="higher")) for t in targets}
+    return sorted(levels | {0.0}, reverse=True)
+
+
+async def evaluate_with(
+    cfg: ExperimentConfig,
+    controller: Controller,
+    problems: list[Problem],
+    rules: list[str],
+    progress: Callable[[str, int, int], None] | None = None,
+    policies: dict[str, Path] | None = None,
+) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Run every rule (thresholded ones at every operating point) over `problems`.
+
+    `policies` (label → policy folder, e.g. one per training seed) runs the `policy` rule once
+    per folder, its rows labelled with the label instead of `policy`."""
+    ev = cfg.evaluation
+    rows: list[dict] = []
+    skipped: dict[str, str] = {}
+
+    async def run(rule: RoutingRule, threshold: float, label: str) -> list[ReasoningState]:
+        shown = (
+            rule.describe().replace(rule.name, label, 1)
+            if isinstance(rule, ThresholdRule)
+            else label
+        )
+        states = await controller.run(
+            problems,
+            rule,
+            concurrency=ev.concurrency,
+            progress=(lambda done, total: progress(shown, done, total)) if progress else None,
+        )
+        rows.extend(_rows(label, threshold, states, controller))
+        return states
+
+    async def sweep(rule: RoutingRule, label: str, policy_dir: Path | None = None) -> None:
+        if not isinstance(rule, ThresholdRule):
+            await run(rule, math.nan, label)
+            return
+        probe = await run(rule.with_threshold(NEVER), NEVER, label)
+        if rule.thresholds:  # a rule with operating points of its own (the oracle)
+            thresholds = set(rule.thresholds) | {0.0}
+        else:
+            thresholds = set(_thresholds(probe, ev.escalation_targets))
+        if policy_dir is not None:  # the calibrated operating points, too
+            thresholds |= {p.kappa for p in load_operating_points(policy_dir)}
+        for threshold in sorted(thresholds, reverse=True):
+            await run(rule.with_threshold(threshold), threshold, label)
+
+    policy_dir = policy_folder(cfg)
+    for name in dict.fromkeys(["small_only", "large_only", *rules]):
+        if name in SKIPPED_RULES and name in rules:
+            skipped[name] = SKIPPED_RULES[name]
+            continue
+        if name == "policy" and policies:
+            for label, folder in policies.items():
+                await sweep(make_rule("policy", policy=str(folder)), label, folder)
+            continue
+        params = {"policy": str(policy_dir)} if name == "policy" and policy_dir else {}
+        await sweep(make_rule(name, **params), name, policy_dir if params else None)
+    return pd.DataFrame(rows), skipped
+
+
+def seed_policies(cfg: ExperimentConfig, seeds: list[int]) -> dict[str, Path]:
+    """`policy/seed-<s>` → the policy `steproute train --seeds` exported for seed s."""
+    policies = {f"policy/seed-{s}": cfg.seed_dir(s) / "policy" for s in seeds}
+    missing = [str(p) for p in policies.values() if not (p / "policy.json").exists()]
+    if missing:
+        raise ValueError(
+            f"no trained policy in {missing}; fix: run `steproute train --seeds "
+            f"{','.join(map(str, seeds))}` first"
+        )
+    return policies
+
+
+def policy_folder(cfg: ExperimentConfig) -> Path | None:
+    """The `policy` rule's network: `evaluation.policy`, else a trained one in the output
+    folder (`steproute train` exports it there), else None (the hand-set linear policy)."""
+    if cfg.evaluation.policy:
+        return Path(cfg.evaluation.policy)
+    trained = Path(cfg.output_dir) / "policy"
+    return trained if (trained / "policy.json").exists() else None
