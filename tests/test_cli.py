@@ -95,13 +95,13 @@ def test_console_script_is_installed() -> None:
 def test_set_overrides_reach_the_loaded_config() -> None:
     import typer
 
-    from pipeline.cli import _overrides
+    from pipeline.cli.options import parse_overrides
     from pipeline.config import load_config
 
-    tree = _overrides(["evaluation.limit=400", "training.lr=0.002", "serve.auth.mode=on"])
+    tree = parse_overrides(["evaluation.limit=400", "training.lr=0.002", "serve.auth.mode=on"])
     assert tree["evaluation"] == {"limit": 400}
     cfg = load_config(Path("configs/testbed.yaml"), tree)
     assert cfg.evaluation.limit == 400 and cfg.training.lr == 0.002
     assert cfg.serve.auth.mode == "on"  # YAML reads `on` as true: still the mode "on"
     with pytest.raises(typer.Exit):
-        _overrides(["evaluation.limit"])
+        parse_overrides(["evaluation.limit"])

@@ -1,0 +1,78 @@
+"""The `steproute` command line: the app, every command's name, and the one place where a
+user's mistake becomes an error line. Each command lives in its group's module:
+
+- `data`: `data summary`, `grade`
+- `testbed`: `testbed train`, `testbed report`
+- `evaluate`: `evaluate`
+- `policy`: `train`, `calibrate`
+- `jobs`: `serve`, `sweep`, `pipeline`
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+import typer
+from rich.logging import RichHandler
+from typer.core import TyperGroup
+
+from pipeline.cli.console import err_console, fail
+from pipeline.cli.data import data_summary, grade_file
+from pipeline.cli.evaluate import evaluate_command
+from pipeline.cli.jobs import pipeline_command, serve_command, sweep_command
+from pipeline.cli.policy import calibrate_command, train_command
+from pipeline.cli.testbed import testbed_report, testbed_train
+from pipeline.config import ConfigError
+from pipeline.data import DataError
+from tune_sweeps.spec import SweepSpecError
+
+__all__ = ["app"]
+
+# What a user gave that cannot be used (a config, a data file, a sweep spec): every command
+# answers it the same way, one red line and exit code 2, here rather than in each command.
+USER_ERRORS = (ConfigError, DataError, SweepSpecError)
+
+
+class _Commands(TyperGroup):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except USER_ERRORS as exc:
+            raise fail(str(exc)) from None
+
+
+app = typer.Typer(
+    cls=_Commands,
+    no_args_is_help=True,
+    help="Stepwise model routing for cost-effective reasoning.",
+)
+
+
+@app.callback()
+def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=err_console, show_path=False)],
+    )
+
+
+app.command("grade")(grade_file)
+app.command("evaluate")(evaluate_command)
+app.command("train")(train_command)
+app.command("calibrate")(calibrate_command)
+app.command("serve")(serve_command)
+app.command("sweep")(sweep_command)
+app.command("pipeline")(pipeline_command)
+
+data_app = typer.Typer(no_args_is_help=True, help="Benchmark data.")
+data_app.command("summary")(data_summary)
+app.add_typer(data_app, name="data")
+
+testbed_app = typer.Typer(
+    no_args_is_help=True, help="The CPU testbed (synthetic: every number is a testbed number)."
+)
+testbed_app.command("train")(testbed_train)
+testbed_app.command("report")(testbed_report)
+app.add_typer(testbed_app, name="testbed")

@@ -1,0 +1,153 @@
+"""`steproute serve`, `sweep` and `pipeline`: the long-running jobs on Ray."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from pipeline.cli.console import console
+from pipeline.cli.options import parse_overrides
+from pipeline.config import load_config
+
+
+def serve_command(
+    config: Annotated[Path, typer.Option("--config", "-c")] = Path("configs/testbed.yaml"),
+    host: Annotated[str | None, typer.Option(help="Bind address (default: serve.host).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default: serve.port).")] = None,
+    policy: Annotated[
+        str | None, typer.Option(help="Policy folder or 'hand_set' (default: serve.policy).")
+    ] = None,
+) -> None:
+    """Serve the router behind an OpenAI-compatible endpoint (Ray Serve); Ctrl-C stops it."""
+    import ray
+    from ray import serve
+
+    from serve_app.app import build_app
+
+    overrides: dict = {}
+    for key, value in (("host", host), ("port", port), ("policy", policy)):
+        if value is not None:
+            overrides[key] = value
+    args = {"config": str(config), "overrides": {"serve": overrides}}
+    cfg = load_config(config, args["overrides"])
+    application = build_app(args)
+    if not ray.is_initialized():
+        ray.init()  # RAY_ADDRESS, when set, joins that cluster
+    serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
+    serve.run(application, name="steproute", route_prefix=cfg.serve.route_prefix)
+    base = f"http://{cfg.serve.host}:{cfg.serve.port}{cfg.serve.route_prefix.rstrip('/')}/v1"
+    console.print(
+        f"[bold]serving[/] {cfg.name} at {base} (models: GET {base}/models); Ctrl-C stops"
+    )
+    try:
+        import time
+
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        serve.shutdown()
+
+
+def sweep_command(
+    config: Annotated[Path, typer.Option("--config", "-c")] = Path("configs/testbed.yaml"),
+    sweep: Annotated[Path, typer.Option("--sweep", "-s", help="Sweep spec YAML.")] = Path(
+        "configs/sweeps/testbed_small.yaml"
+    ),
+    resume: Annotated[
+        bool, typer.Option(help="Restore an interrupted sweep; finished trials are kept.")
+    ] = False,
+) -> None:
+    """Ray Tune over training knobs (λ, budgets, seeds, PPO), then the Pareto front."""
+    import os
+
+    import ray
+
+    from pipeline.evaluation import TESTBED_LABEL
+    from tune_sweeps.spec import load_sweep
+    from tune_sweeps.sweep import SweepInterrupted, run_sweep
+
+    cfg = load_config(config)
+    spec = load_sweep(sweep)
+    if not ray.is_initialized() and not os.environ.get("RAY_ADDRESS"):
+        # Engines mostly wait on a laptop: give Ray enough logical CPUs for them plus the trials.
+        engines = sum(m.resources.num_cpus for m in cfg.models)
+        trials = spec.resources.cpus_per_trial * spec.resources.max_concurrent_trials
+        ray.init(num_cpus=max(os.cpu_count() or 1, int(math.ceil(engines + trials))))
+    label = TESTBED_LABEL if cfg.dataset.name == "testbed" else cfg.dataset.name
+    console.print(f"[bold]sweep[/] {spec.name} on {cfg.name} — {label}")
+    try:
+        outcome = run_sweep(cfg, spec, resume=resume)
+    except (SweepInterrupted, FileExistsError) as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(130 if isinstance(exc, SweepInterrupted) else 2) from None
+    console.print(
+        f"{outcome['trials']} trials ({outcome['stopped_early']} stopped early by ASHA, "
+        f"{outcome['calibrated']} calibrated); front: {len(outcome['front'])} points"
+    )
+    console.print(outcome["front"].to_string(index=False))
+    console.print(f"outputs: {outcome['folder']}")
+
+
+def pipeline_command(
+    config: Annotated[Path, typer.Option("--config", "-c")] = Path("configs/testbed.yaml"),
+    force: Annotated[bool, typer.Option(help="Run every stage, even those up to date.")] = False,
+    serve_after: Annotated[
+        bool, typer.Option("--serve", help="Deploy the router on Ray Serve at the end.")
+    ] = False,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a config key: section.key=value (YAML value)."),
+    ] = None,
+) -> None:
+    """The main job: baselines, train, calibrate, evaluate (each skipped when up to date)."""
+    import time
+
+    import pandas as pd
+
+    from pipeline.evaluation import TESTBED_LABEL, format_metric
+    from pipeline.jobs import run_pipeline
+
+    cfg = load_config(config, parse_overrides(set_ or []))
+    label = TESTBED_LABEL if cfg.dataset.name == "testbed" else cfg.dataset.name
+    console.print(f"[bold]pipeline[/] {cfg.name} — {label}")
+    started = time.perf_counter()
+    last: dict[str, float] = {}
+
+    def progress(rule: str, done: int, total: int) -> None:
+        if done == total or time.perf_counter() - last.get(rule, 0.0) > 20:
+            last[rule] = time.perf_counter()
+            console.print(f"  {rule}: {done}/{total} problems")
+
+    def iteration(i: int, metrics: dict) -> None:
+        console.print(
+            f"  PPO iteration {i}: accuracy {metrics.get('rollout/accuracy', float('nan')):.3f}, "
+            f"cost {metrics.get('rollout/cost_normalized', float('nan')):.3f}"
+        )
+
+    results = run_pipeline(
+        cfg, force=force, say=console.print, progress=progress, on_iteration=iteration
+    )
+    ran = [r.stage for r in results if not r.skipped]
+    console.print(
+        f"pipeline finished in {(time.perf_counter() - started) / 60:.1f} min "
+        f"(ran: {', '.join(ran) or 'nothing, all up to date'})"
+    )
+    folder = Path(cfg.output_dir) / "evaluation"
+    summary = pd.read_csv(folder / "summary.csv")
+    table = Table(title=f"accuracy–cost ({label})")
+    for column in ("rule", "auc", "apgr", "cost_at_large_accuracy", "best_accuracy"):
+        table.add_column(column)
+    columns = ("auc", "apgr", "cost_at_large_accuracy", "best_accuracy")
+    for row in summary.itertuples():
+        table.add_row(str(row.rule), *(format_metric(getattr(row, c, None)) for c in columns))
+    console.print(table)
+    console.print(f"report: {folder / 'report.md'}")
+    console.print(f"plots:  {folder / 'accuracy_cost.png'}, {folder / 'escalation_by_step.png'}")
+    console.print(f"MLflow: mlflow ui --backend-store-uri {cfg.mlflow_uri}")
+    console.print(f"serve:  steproute serve --config {config}")
+    if serve_after:
+        serve_command(config=config, host=None, port=None, policy=None)

@@ -1,0 +1,112 @@
+"""`steproute testbed train` and `steproute testbed report`: the CPU testbed's model pair."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from pipeline.cli.console import console, fail
+from pipeline.config import load_config
+from pipeline.data import load_split
+
+
+def testbed_train(
+    model: Annotated[list[str], typer.Option(help="Which preset(s): small, large.")] = None,  # type: ignore[assignment]
+    output: Annotated[Path, typer.Option(help="Folder for the model folders.")] = Path(
+        "pipeline/testbed/models"
+    ),
+    iterations: Annotated[
+        int | None, typer.Option(help="Override the preset's iterations.")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
+    threads: Annotated[int, typer.Option(help="torch threads (2 uses both cores here).")] = 2,
+) -> None:
+    """Train the testbed model pair (takes minutes on 2 cores; the committed pair never needs it)."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from pipeline.testbed.train import PRESETS, train_model
+
+    names = model or ["small", "large"]
+    unknown = [n for n in names if n not in PRESETS]
+    if unknown:
+        raise fail(f"unknown preset(s) {unknown}; known: {sorted(PRESETS)}")
+    for name in names:
+        update = {"seed": seed, "threads": threads} | (
+            {"iterations": iterations} if iterations else {}
+        )
+        spec = PRESETS[name].model_copy(update=update)
+        console.print(f"[bold]testbed[/] training {name}: {spec.model.model_dump()}")
+        with Progress(
+            TextColumn(f"{name}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TextColumn("loss {task.fields[loss]:.4f}"),
+            TimeRemainingColumn(),
+            console=console,
+        ) as progress:
+            task = progress.add_task(name, total=spec.iterations, loss=float("nan"))
+            record = train_model(
+                spec,
+                output / name,
+                progress=lambda i, n, loss, task=task: progress.update(
+                    task, completed=i, loss=loss
+                ),
+            )
+        console.print(
+            f"{name}: {record['parameters']:,} parameters, {record['train_seconds'] / 60:.1f} min, "
+            f"final loss {record['final_loss']:.4f} -> {output / name}"
+        )
+
+
+def testbed_report(
+    config: Annotated[Path, typer.Option("--config", "-c")] = Path("configs/testbed.yaml"),
+    problems: Annotated[
+        int | None, typer.Option(help="Solve only the first N test-split problems (default: all).")
+    ] = None,
+    write_card: Annotated[
+        bool, typer.Option(help="Rewrite MODEL_CARD.md with these numbers.")
+    ] = False,
+) -> None:
+    """Measure the routing signal: accuracy of each model and the small model's step-error AUROC."""
+    from pipeline.testbed_card import write_model_card
+    from pipeline.testbed_report import measure, target_checks
+
+    cfg = load_config(config)
+    if cfg.dataset.name != "testbed":
+        raise fail(f"{config} is not a testbed config (dataset.name is '{cfg.dataset.name}')")
+    # The test split: the problems `steproute evaluate` uses, so its small_only and large_only
+    # points reproduce these numbers. No testbed problem is ever trained on (train.py).
+    held_out = load_split(cfg.dataset, "test")
+    if problems is not None and problems > len(held_out):
+        raise fail(f"asked for {problems} problems, the test split holds {len(held_out)}")
+    held_out = held_out[:problems]
+    small, large = cfg.models[0], cfg.models[-1]
+    report = asyncio.run(measure(cfg, held_out))
+
+    table = Table(
+        title=f"TESTBED routing signal ({len(held_out)} held-out synthetic problems, greedy vLLM)"
+    )
+    for column in ("measure", "value", "target", ""):
+        table.add_column(column)
+    for check in target_checks(report, small.name, large.name):
+        mark = "[green]ok[/]" if check.met else "[red]MISSED[/]"
+        table.add_row(check.measure, check.value, check.target, mark)
+    table.add_row(
+        "oracle accuracy (every wrong draft escalated)", f"{report.oracle_accuracy:.1%}", "", ""
+    )
+    for name, cost in report.oracle_cost_at_large.items():
+        table.add_row(f"oracle cost at large accuracy -1 pt, {name}", f"{cost:.3f}", "", "")
+    console.print(table)
+    s, g = report.models[small.name], report.models[large.name]
+    console.print(
+        f"step accuracy: {small.name} {s.step_accuracy:.1%} over {s.steps} steps, "
+        f"{large.name} {g.step_accuracy:.1%} over {g.steps} steps; costs are normalized to "
+        "large-only (pipeline/cost.py)"
+    )
+    if write_card:
+        models_dir = Path(small.path).parent
+        console.print(f"wrote {write_model_card(models_dir, report)}")
