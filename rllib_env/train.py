@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from ray.rllib.algorithms.algorithm import Algorithm
 from ray.rllib.algorithms.ppo import PPOConfig
 from ray.rllib.callbacks.callbacks import RLlibCallback
 from ray.rllib.core.rl_module.multi_rl_module import MultiRLModuleSpec
@@ -42,6 +43,7 @@ __all__ = [
     "build_ppo_config",
     "dual_update",
     "feature_statistics",
+    "router_module_spec",
     "train",
     "warm_start",
 ]
@@ -192,12 +194,13 @@ def warm_start(
     return folder, metrics
 
 
-def build_ppo_config(
+def router_module_spec(
     cfg: ExperimentConfig,
-    env_extra: dict | None = None,
     feature_stats: tuple[list[float], list[float]] | None = None,
     warm_start_dir: Path | None = None,
-) -> PPOConfig:
+) -> MultiRLModuleSpec:
+    """The one "router" module every agent shares, with the input statistics or the warm-started
+    policy it starts from (see `RouterRLModule`)."""
     t = cfg.training
     model_config = {
         "hidden_sizes": list(t.hidden_sizes),
@@ -207,6 +210,22 @@ def build_ppo_config(
         model_config |= {"feature_mean": feature_stats[0], "feature_std": feature_stats[1]}
     if warm_start_dir is not None:
         model_config["warm_start"] = str(Path(warm_start_dir).resolve())
+    return MultiRLModuleSpec(
+        rl_module_specs={
+            MODULE_ID: RLModuleSpec(module_class=RouterRLModule, model_config=model_config)
+        }
+    )
+
+
+def build_ppo_config(
+    cfg: ExperimentConfig,
+    env_extra: dict | None = None,
+    feature_stats: tuple[list[float], list[float]] | None = None,
+    warm_start_dir: Path | None = None,
+) -> PPOConfig:
+    """PPO on `StepRoutingEnv`: the env runners, the shared router module and the learner's
+    hyperparameters, all from `cfg.training`; `env_extra` goes into the env config."""
+    t = cfg.training
     extra = {
         "training": {
             "cost_weight": t.cost_weight,
@@ -216,7 +235,7 @@ def build_ppo_config(
         },
         **(env_extra or {}),
     }
-    config = (
+    return (
         PPOConfig()
         .environment(StepRoutingEnv, env_config=env_config(cfg, **extra))
         .multi_agent(
@@ -226,16 +245,7 @@ def build_ppo_config(
             # carries up to `concurrency` decisions.
             count_steps_by="agent_steps",
         )
-        .rl_module(
-            rl_module_spec=MultiRLModuleSpec(
-                rl_module_specs={
-                    MODULE_ID: RLModuleSpec(
-                        module_class=RouterRLModule,
-                        model_config=model_config,
-                    )
-                }
-            )
-        )
+        .rl_module(rl_module_spec=router_module_spec(cfg, feature_stats, warm_start_dir))
         .env_runners(
             num_env_runners=t.num_env_runners,
             num_envs_per_env_runner=t.num_envs_per_env_runner,
@@ -254,7 +264,6 @@ def build_ppo_config(
         .callbacks(LagrangianCallback)
         .debugging(seed=t.seed)
     )
-    return config
 
 
 def _rounded(values: list[float]) -> list[float]:
@@ -264,6 +273,61 @@ def _rounded(values: list[float]) -> list[float]:
 def _last_checkpoint(folder: Path) -> Path | None:
     checkpoints = sorted(folder.glob("iter_*"))
     return checkpoints[-1] if checkpoints else None
+
+
+def _build_algorithm(
+    cfg: ExperimentConfig, out: Path, last: Path | None, env_extra: dict | None
+) -> tuple[Algorithm, int, dict[str, float]]:
+    """The PPO algorithm, either resumed from checkpoint `last` (weights, statistics, λ and the
+    iteration count) or fresh from the warm start / measured feature statistics. Returns it,
+    the last finished iteration and the warm start's metrics (empty if none ran)."""
+    stats, warm, warm_metrics = None, None, {}
+    engines = (env_extra or {}).get("engines")
+    # A resumed module restores its weights and statistics: a fresh start only measures them.
+    if cfg.training.warm_start_problems and last is None:
+        warm, warm_metrics = warm_start(cfg, out / "train" / "warm_start", engines)
+    elif cfg.training.standardize_features and last is None:
+        stats = feature_statistics(cfg, engines)
+        log.info("feature means %s, spreads %s", _rounded(stats[0]), _rounded(stats[1]))
+    config = build_ppo_config(cfg, env_extra, stats, warm)
+    start_iteration = 0
+    if last is not None:
+        state = json.loads((last / "steproute.json").read_text())
+        start_iteration = state["iteration"]
+        config.env_config["_cost_weight"] = state["cost_weight"]
+        config.env_config["cost_weight"] = state["cost_weight"]
+    algo = config.build_algo()
+    if last is not None:
+        algo.restore_from_path(str(last.resolve()))
+        log.info("resumed from %s (iteration %d)", last, start_iteration)
+    return algo, start_iteration, warm_metrics
+
+
+def _iteration_metrics(result: dict, seconds: float) -> dict[str, float]:
+    """The `steproute` summary of one `algo.train()` result plus its speed and mean return,
+    as floats without the NaNs (a metric RLlib did not report this iteration)."""
+    metrics = dict(result.get("steproute", {}))
+    runners = result.get("env_runners", {})
+    env_steps = runners.get("num_env_steps_sampled", math.nan)
+    metrics |= {
+        "train/iteration_seconds": seconds,
+        "rollout/env_steps_per_s": env_steps / seconds if seconds else math.nan,
+        "rollout/episode_return_mean": runners.get("episode_return_mean", math.nan),
+    }
+    return {k: float(v) for k, v in metrics.items() if v is not None and not math.isnan(float(v))}
+
+
+def _save_checkpoint(
+    cfg: ExperimentConfig, algo: Algorithm, checkpoints: Path, iteration: int
+) -> None:
+    """RLlib's checkpoint plus `steproute.json` with the iteration and λ, which RLlib doesn't
+    keep (λ lives in the env config) and `--resume` restores."""
+    path = (checkpoints / f"iter_{iteration:05d}").resolve()  # RLlib wants a URI
+    algo.save_to_path(str(path))
+    cost_weight = algo.config.env_config.get("_cost_weight", cfg.training.cost_weight)
+    (path / "steproute.json").write_text(
+        json.dumps({"iteration": iteration, "cost_weight": cost_weight})
+    )
 
 
 def train(
@@ -287,25 +351,7 @@ def train(
     last = _last_checkpoint(checkpoints) if resume else None
     if resume and last is None:
         log.warning("--resume: no checkpoint under %s; starting fresh", checkpoints)
-    stats, warm, warm_metrics = None, None, {}
-    engines = (env_extra or {}).get("engines")
-    # A resumed module restores its weights and statistics: a fresh start only measures them.
-    if cfg.training.warm_start_problems and last is None:
-        warm, warm_metrics = warm_start(cfg, out / "train" / "warm_start", engines)
-    elif cfg.training.standardize_features and last is None:
-        stats = feature_statistics(cfg, engines)
-        log.info("feature means %s, spreads %s", _rounded(stats[0]), _rounded(stats[1]))
-    config = build_ppo_config(cfg, env_extra, stats, warm)
-    start_iteration = 0
-    if last is not None:
-        state = json.loads((last / "steproute.json").read_text())
-        start_iteration = state["iteration"]
-        config.env_config["_cost_weight"] = state["cost_weight"]
-        config.env_config["cost_weight"] = state["cost_weight"]
-    algo = config.build_algo()
-    if last is not None:
-        algo.restore_from_path(str(last.resolve()))
-        log.info("resumed from %s (iteration %d)", last, start_iteration)
+    algo, start_iteration, warm_metrics = _build_algorithm(cfg, out, last, env_extra)
     total = cfg.training.iterations if iterations is None else iterations
 
     run_context = None
@@ -319,35 +365,19 @@ def train(
 
         if track and warm_metrics:
             mlflow.log_metrics(warm_metrics, step=0)
+        # ---- the PPO loop: sample + update (λ moves in `LagrangianCallback`), log, checkpoint
         for iteration in range(start_iteration + 1, total + 1):
             started = time.perf_counter()
             result = algo.train()
-            seconds = time.perf_counter() - started
-            metrics = dict(result.get("steproute", {}))
-            runners = result.get("env_runners", {})
-            env_steps = runners.get("num_env_steps_sampled", math.nan)
-            metrics |= {
-                "train/iteration_seconds": seconds,
-                "rollout/env_steps_per_s": env_steps / seconds if seconds else math.nan,
-                "rollout/episode_return_mean": runners.get("episode_return_mean", math.nan),
-            }
-            metrics = {
-                k: float(v)
-                for k, v in metrics.items()
-                if v is not None and not math.isnan(float(v))
-            }
+            metrics = _iteration_metrics(result, time.perf_counter() - started)
             log.info("iteration %d: %s", iteration, {k: round(v, 4) for k, v in metrics.items()})
             if track:
                 mlflow.log_metrics(metrics, step=iteration)
             if on_iteration is not None:
                 on_iteration(iteration, metrics)
             if iteration % cfg.training.checkpoint_every == 0 or iteration == total:
-                path = (checkpoints / f"iter_{iteration:05d}").resolve()  # RLlib wants a URI
-                algo.save_to_path(str(path))
-                cost_weight = algo.config.env_config.get("_cost_weight", cfg.training.cost_weight)
-                (path / "steproute.json").write_text(
-                    json.dumps({"iteration": iteration, "cost_weight": cost_weight})
-                )
+                _save_checkpoint(cfg, algo, checkpoints, iteration)
+        # ---- export: the module's policy, standalone (no RLlib needed to load it)
         policy_dir = algo.get_module(MODULE_ID).policy.save(out / "policy")
         if track:
             mlflow.log_artifacts(str(policy_dir), artifact_path="policy")
