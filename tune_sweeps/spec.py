@@ -9,7 +9,7 @@ A YAML file beside the experiment config (e.g. `configs/sweeps/testbed_small.yam
       seed: {grid: [0, 1]}
     search: {algorithm: random, num_samples: 6}
     scheduler: {asha: {metric: rollout/objective, mode: max, grace_period: 2}}
-    metric: apgr                       # what "best" means after calibration
+    metric: calibration/apgr           # what "best" means after calibration
     resources: {cpus_per_trial: 1, max_concurrent_trials: 2}
 
 Axes set training keys (`cost_weight`, `lr`, `entropy_coeff`, `gae_lambda`,
@@ -17,14 +17,26 @@ Axes set training keys (`cost_weight`, `lr`, `entropy_coeff`, `gae_lambda`,
 `ppo_iterations` — which replaces the spec's `iterations` for its trials, 0 keeping the warm
 start as it is) or `budget`, which turns on dual ascent toward that budget. A spec that names an unknown axis, a sampler that cannot be searched by the
 chosen algorithm, or an impossible range fails with `SweepSpecError` before any trial starts.
+
+`metric` ranks the calibrated trials; it is one of `FINAL_METRICS`, which each trial reports
+once after calibration, all measured on the calibration split: `calibration/apgr` and
+`calibration/auc` of the policy's curve, `calibration/accuracy` and
+`calibration/cost_normalized` at the chosen operating point.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from pipeline.config import read_yaml_mapping
 
@@ -34,6 +46,7 @@ __all__ = [
     "INTEGER_AXES",
     "TRAINING_METRICS",
     "Axis",
+    "FinalMetric",
     "SweepSpec",
     "SweepSpecError",
     "load_sweep",
@@ -64,8 +77,12 @@ TRAINING_METRICS = (
     "rollout/cost_normalized",
     "rollout/escalation_rate",
 )
-# Reported once per trial, after calibration on the calibration split.
-FINAL_METRICS = ("apgr", "auc", "accuracy", "cost_normalized")
+# Reported once per trial, after calibration, all on the calibration split: APGR and AUC of
+# the policy's curve, accuracy and normalized cost at the chosen operating point.
+FinalMetric = Literal[
+    "calibration/apgr", "calibration/auc", "calibration/accuracy", "calibration/cost_normalized"
+]
+FINAL_METRICS: tuple[str, ...] = get_args(FinalMetric)
 
 
 class SweepSpecError(ValueError):
@@ -138,7 +155,7 @@ class SweepSpec(_Frozen):
     axes: dict[str, Axis] = Field(..., min_length=1)
     search: Search = Field(default_factory=Search)
     scheduler: Scheduler = Field(default_factory=Scheduler)
-    metric: Literal["apgr", "auc", "accuracy", "cost_normalized"] = "apgr"
+    metric: FinalMetric = "calibration/apgr"
     mode: Literal["max", "min"] = "max"
     resources: Resources = Field(default_factory=Resources)
     calibration_limit: int | None = Field(
@@ -150,6 +167,18 @@ class SweepSpec(_Frozen):
     front_limit: int | None = Field(
         None, ge=1, description="Evaluate the Pareto front on the first N test problems."
     )
+
+    @field_validator("metric", mode="before")
+    @classmethod
+    def _renamed_metric(cls, metric: Any) -> Any:
+        # Specs written before the final metrics were namespaced name them bare ("apgr").
+        renamed = f"calibration/{metric}"
+        if renamed in FINAL_METRICS:
+            raise ValueError(
+                f"metric '{metric}' is now named '{renamed}' (it is measured on the "
+                f"calibration split): write `metric: {renamed}`"
+            )
+        return metric
 
     @model_validator(mode="after")
     def _consistent(self) -> SweepSpec:

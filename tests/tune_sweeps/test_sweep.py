@@ -1,4 +1,4 @@
-"""Sweeps: spec validation, Pareto filtering, and a real tiny sweep interrupted and restored."""
+"""A real tiny sweep, interrupted and restored."""
 
 from __future__ import annotations
 
@@ -9,121 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import yaml
-from hypothesis import given
-from hypothesis import strategies as st
-
-from pipeline.calibration import OperatingPoint
-from tune_sweeps.spec import SweepSpecError, load_sweep, parse_sweep
-from tune_sweeps.sweep import pareto_front, trial_config
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _point(cost: float, accuracy: float, name: str = "p") -> OperatingPoint:
-    return OperatingPoint(
-        name,
-        0.5,
-        "ltt",
-        cost,
-        (0, cost),
-        accuracy,
-        (0, accuracy),
-        10,
-        target="budget",
-        target_value=1.0,
-    )
-
-
-pairs = st.lists(
-    st.tuples(st.floats(0, 2, allow_nan=False), st.floats(0, 1, allow_nan=False)),
-    min_size=1,
-    max_size=40,
-)
-
-
-@given(pairs)
-def test_front_is_exactly_the_non_dominated_points(values) -> None:
-    points = [_point(c, a, f"p{i}") for i, (c, a) in enumerate(values)]
-    front = pareto_front(points)
-
-    def dominates(p, q) -> bool:
-        return (
-            p.expected_cost <= q.expected_cost
-            and p.expected_accuracy >= q.expected_accuracy
-            and (p.expected_cost < q.expected_cost or p.expected_accuracy > q.expected_accuracy)
-        )
-
-    for f in front:  # nothing beats a front point
-        assert not any(dominates(p, f) for p in points)
-    for p in points:  # every point is on the front, dominated by it, or a duplicate of it
-        assert any(
-            f is p
-            or dominates(f, p)
-            or (f.expected_cost, f.expected_accuracy) == (p.expected_cost, p.expected_accuracy)
-            for f in front
-        )
-    costs = [f.expected_cost for f in front]
-    accuracies = [f.expected_accuracy for f in front]
-    assert costs == sorted(costs)
-    assert all(a < b for a, b in zip(accuracies, accuracies[1:], strict=False))
-
-
-GOOD = {
-    "name": "t",
-    "iterations": 4,
-    "axes": {"cost_weight": {"loguniform": [0.1, 0.5]}},
-    "search": {"algorithm": "random", "num_samples": 3},
-    "scheduler": {"asha": {"metric": "rollout/accuracy", "grace_period": 1}},
-}
-
-
-@pytest.mark.parametrize(
-    ("change", "message"),
-    [
-        ({"axes": {"temperature": {"grid": [0.1]}}}, "unknown axis"),
-        ({"search": {"algorithm": "grid"}}, "search 'grid' needs grid axes"),
-        ({"axes": {"cost_weight": {"loguniform": [0.0, 0.5]}}}, "loguniform needs low > 0"),
-        ({"axes": {"cost_weight": {"uniform": [0.5, 0.1]}}}, "low < high"),
-        ({"axes": {"cost_weight": {"grid": [0.1], "uniform": [0, 1]}}}, "exactly one of"),
-        ({"scheduler": {"asha": {"metric": "apgr"}}}, "not reported every iteration"),
-        ({"scheduler": {"asha": {"grace_period": 4}}}, "must be below iterations"),
-        (
-            {"axes": {"seed": {"uniform": [0, 3]}}, "search": {"algorithm": "random"}},
-            "whole numbers",
-        ),
-        ({"iterations": 0}, "iterations"),
-        ({"searh": {}}, "unknown key"),
-        (
-            {"axes": {"seed": {"grid": [0, 1]}}, "search": {"algorithm": "optuna"}},
-            "search 'optuna' samples every axis",
-        ),
-    ],
-)
-def test_invalid_specs_fail_with_a_named_fix(change, message) -> None:
-    raw = {**GOOD, **change}
-    with pytest.raises(SweepSpecError, match=message):
-        parse_sweep(raw)
-
-
-def test_shipped_spec_loads_and_missing_file_is_named(tmp_path) -> None:
-    spec = load_sweep(REPO / "configs" / "sweeps" / "testbed_small.yaml")
-    assert spec.search.num_samples >= 6 and spec.scheduler.asha is not None
-    with pytest.raises(SweepSpecError, match="not found"):
-        load_sweep(tmp_path / "nope.yaml")
-
-
-def test_trial_config_sets_the_axes_and_shares_the_cache(testbed_cfg, tmp_path) -> None:
-    spec = parse_sweep(GOOD | {"calibration_limit": 7})
-    cfg = trial_config(
-        testbed_cfg, {"cost_weight": 0.3, "budget": 0.4, "seed": 2.0}, spec, tmp_path
-    )
-    assert cfg.training.cost_weight == 0.3 and cfg.training.seed == 2
-    assert cfg.routing.budget == 0.4 and cfg.training.dual_ascent  # a budget axis means dual ascent
-    assert cfg.calibration.limit == 7
-    assert cfg.output_dir == str(tmp_path)
-    assert cfg.step_cache_dir == testbed_cfg.step_cache_dir.resolve()
 
 
 def _sweep(tmp_path: Path, env: dict, *extra: str) -> subprocess.Popen:
@@ -203,4 +91,17 @@ def test_interrupted_sweep_restores_without_redoing_finished_trials(
         children = db.execute(
             "select count(*) from tags where key='mlflow.parentRunId' and value=?", parents[0]
         ).fetchone()[0]
+        parent_metrics = {
+            key for (key,) in db.execute("select key from metrics where run_uuid=?", parents[0])
+        }
+        trial_metrics = {
+            key
+            for (key,) in db.execute(
+                "select m.key from metrics m join tags t on m.run_uuid = t.run_uuid "
+                "where t.key='mlflow.parentRunId' and t.value=?",
+                parents[0],
+            )
+        }
     assert len(parents) == 1 and children == 2
+    assert {"sweep/trials", "sweep/front_points", "best/calibration/auc"} <= parent_metrics
+    assert {"calibration/auc", "phase/calibrated"} <= trial_metrics
