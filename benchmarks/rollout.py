@@ -159,23 +159,31 @@ def floor_rate(cfg, engines, problems: int, rule) -> tuple[float, int]:
     return steps / t.seconds, steps
 
 
-def main(argv=None) -> None:
-    args = parse_args(
-        "Rollout throughput of the multi-agent env vs. ceiling and floor",
-        argv,
-        extra=lambda parser: parser.add_argument(
-            "--repeats", type=int, default=3, help="runs per arm; the fastest counts"
-        ),
-    )
-    cfg = args.cfg
-    repeats = 1 if args.quick else max(1, args.repeats)
-    levels = [1, 4] if args.quick else [1, 8, 32, 64]
-    floor_problems = 4 if args.quick else 16
-    started = time.perf_counter()
-    engines = start_uncached_engines(cfg)
-    rule = make_rule("random", p=ESCALATION, seed=0)
+@dataclass
+class Level:
+    """One number of problems in flight: the env's fastest episode and the rates of its steps."""
 
-    floor, floor_steps = floor_rate(cfg, engines, floor_problems, rule)
+    in_flight: int
+    problems: int
+    run: EnvRun
+    ceiling: float  # steps per second
+    replay: float
+
+    @property
+    def rate(self) -> float:
+        return self.run.steps / self.run.seconds
+
+
+def measure_level(cfg, engines, rule, in_flight: int, problems: int, repeats: int) -> Level:
+    """The env at `in_flight`, then its engine calls as the ceiling and as the replay."""
+    env, calls = make_env(cfg, engines, in_flight, problems)
+    run = fastest_episode(engines, env, calls, rule, repeats)
+    ceiling = run.steps / ceiling_seconds(engines, run.calls, repeats)
+    replay = run.steps / replay_seconds(engines, run.calls, repeats)
+    return Level(in_flight, problems, run, ceiling, replay)
+
+
+def throughput_table(cfg, levels: list[Level], floor: float) -> Table:
     table = Table(
         f"Rollout throughput — {label(cfg)}",
         [
@@ -191,26 +199,46 @@ def main(argv=None) -> None:
             "engine-call time / env time",
         ],
     )
-    for in_flight in levels:
-        problems = max(2 * in_flight, floor_problems)
-        env, calls = make_env(cfg, engines, in_flight, problems)
-        run = fastest_episode(engines, env, calls, rule, repeats)
-        rate = run.steps / run.seconds
-        ceiling = run.steps / ceiling_seconds(engines, run.calls, repeats)
-        replay = run.steps / replay_seconds(engines, run.calls, repeats)
+    for level in levels:
+        run = level.run
         table.add(
-            in_flight,
-            problems,
+            level.in_flight,
+            level.problems,
             run.steps,
-            rate,
-            ceiling,
-            replay,
-            f"{rate / ceiling:.2f}x",
-            f"{rate / floor:.1f}x",
+            level.rate,
+            level.ceiling,
+            level.replay,
+            f"{level.rate / level.ceiling:.2f}x",
+            f"{level.rate / floor:.1f}x",
             run.mean_batch,
             f"{run.engine_seconds / run.seconds:.0%}",
         )
-        print(f"{in_flight} in flight: {rate:.1f} steps/s", flush=True)
+    return table
+
+
+def main(argv=None) -> None:
+    args = parse_args(
+        "Rollout throughput of the multi-agent env vs. ceiling and floor",
+        argv,
+        extra=lambda parser: parser.add_argument(
+            "--repeats", type=int, default=3, help="runs per arm; the fastest counts"
+        ),
+    )
+    cfg = args.cfg
+    repeats = 1 if args.quick else max(1, args.repeats)
+    in_flight_levels = [1, 4] if args.quick else [1, 8, 32, 64]
+    floor_problems = 4 if args.quick else 16
+    started = time.perf_counter()
+    engines = start_uncached_engines(cfg)
+    rule = make_rule("random", p=ESCALATION, seed=0)
+
+    floor, floor_steps = floor_rate(cfg, engines, floor_problems, rule)
+    levels = []
+    for in_flight in in_flight_levels:
+        problems = max(2 * in_flight, floor_problems)
+        levels.append(measure_level(cfg, engines, rule, in_flight, problems, repeats))
+        print(f"{in_flight} in flight: {levels[-1].rate:.1f} steps/s", flush=True)
+    table = throughput_table(cfg, levels, floor)
     table.notes = [
         f"floor (one problem at a time, {floor_problems} problems, {floor_steps} steps): "
         f"{floor:.2f} steps/s",

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -37,7 +38,7 @@ from benchmarks.common import (
 )
 from pipeline.controller import Controller
 from pipeline.data import load_split
-from pipeline.policy import RouterPolicy
+from pipeline.policy import HAND_SET, load_policy
 from pipeline.rules import PolicyRule
 
 APP = "steproute-bench"
@@ -47,16 +48,17 @@ def _arguments(parser) -> None:
     parser.add_argument(
         "--policy",
         default=None,
-        help="RouterPolicy folder or 'hand_set' (default: <output_dir>/policy when trained)",
+        help=f"RouterPolicy folder or '{HAND_SET}' (default: <output_dir>/policy when trained)",
     )
     parser.add_argument("--kappa", type=float, default=0.5, help="escalation threshold κ")
 
 
 def _policy(cfg, chosen: str | None) -> str:
+    """The policy to serve: `--policy`, else the trained one once calibrated, else `HAND_SET`."""
     if chosen:
-        return chosen if chosen == "hand_set" else str(Path(chosen).resolve())
+        return chosen if chosen == HAND_SET else str(Path(chosen).resolve())
     trained = Path(cfg.output_dir) / "policy"
-    return str(trained.resolve()) if (trained / "operating_points.json").exists() else "hand_set"
+    return str(trained.resolve()) if (trained / "operating_points.json").exists() else HAND_SET
 
 
 def start_router(config: str, policy: str) -> str:
@@ -157,6 +159,77 @@ async def decision_latency(controller: Controller, rule, problem, repeats: int) 
     return t.seconds / repeats
 
 
+@dataclass
+class Arm:
+    """One arm's requests at one concurrency, both halves of the A-B-B-A order together."""
+
+    latencies: list[float] = field(default_factory=list)
+    wall: float = 0.0
+    writers: dict[str, list[str]] = field(default_factory=dict)  # problem id -> step writers
+
+
+async def measure_level(
+    controller: Controller, engines: dict, rule, base: str, problems, concurrency: int, kappa: float
+) -> dict[str, Arm]:
+    """Both arms on the same problems, each with empty prefix caches."""
+    # A-B-B-A: each arm solves both halves, one early and one late, so that drift of the
+    # machine (other processes, caches, clocks) falls on both arms alike.
+    half = len(problems) // 2
+    arms = {"direct": Arm(), "router": Arm()}
+    for name, part in (("direct", 0), ("router", 0), ("router", 1), ("direct", 1)):
+        subset = problems[:half] if part == 0 else problems[half:]
+        await _reset_prefix_caches(engines)
+        if name == "direct":
+            latencies, wall, writers = await direct_arm(controller, rule, subset, concurrency)
+        else:
+            latencies, wall, writers = await router_arm(base, subset, concurrency, kappa)
+        arm = arms[name]
+        arm.latencies += latencies
+        arm.wall += wall
+        arm.writers |= {p.id: w for p, w in zip(subset, writers, strict=True)}
+    return arms
+
+
+def overhead_row(concurrency: int, problems, arms: dict[str, Arm]) -> list:
+    """One table row: latency percentiles and throughput of both arms, and their agreement."""
+    direct, router = arms["direct"], arms["router"]
+    same = sum(direct.writers[p.id] == router.writers[p.id] for p in problems)
+    p50 = (percentile(router.latencies, 50), percentile(direct.latencies, 50))
+    p95 = (percentile(router.latencies, 95), percentile(direct.latencies, 95))
+    count = len(problems)
+    return [
+        concurrency,
+        count,
+        p50[0],
+        p95[0],
+        p50[1],
+        p95[1],
+        f"{p50[0] / p50[1] - 1:+.1%}",
+        f"{p95[0] / p95[1] - 1:+.1%}",
+        count / router.wall,
+        count / direct.wall,
+        f"{same}/{count}",
+    ]
+
+
+async def measure(cfg, base: str, rule, problems, levels, kappa: float, decisions: int):
+    """The table rows, one per (clients, requests) level, and the policy's decision latency."""
+    engines = await _engine_handles(cfg)
+    controller = Controller(cfg, engines)
+    warm_up = problems[-2:-1]  # first calls through each path are not measured
+    await direct_arm(controller, rule, warm_up, 1)
+    await router_arm(base, warm_up, 1, kappa)
+    rows, offset = [], 0
+    for concurrency, count in levels:
+        chosen = problems[offset : offset + count]
+        offset += count
+        arms = await measure_level(controller, engines, rule, base, chosen, concurrency, kappa)
+        rows.append(overhead_row(concurrency, chosen, arms))
+        p50 = percentile(arms["router"].latencies, 50)
+        print(f"{concurrency} clients: router p50 {p50:.3f} s", flush=True)
+    return rows, await decision_latency(controller, rule, problems[-1], decisions)
+
+
 def main(argv=None) -> None:
     args = parse_args("Router overhead vs. direct engine calls", argv, extra=_arguments)
     cfg = args.cfg
@@ -168,10 +241,14 @@ def main(argv=None) -> None:
 
     base = start_router(args.config, policy)
     problems = load_split(cfg.dataset, cfg.evaluation.split)
-    rule = PolicyRule(
-        RouterPolicy.hand_set() if policy == "hand_set" else RouterPolicy.load(policy),
-        kappa=args.kappa,
-    )
+    rule = PolicyRule(load_policy(policy), kappa=args.kappa)
+    decisions = 200 if args.quick else 5000
+    try:
+        rows, decide = asyncio.run(
+            measure(cfg, base, rule, problems, levels, args.kappa, decisions)
+        )
+    finally:
+        serve.delete(APP)
     table = Table(
         f"Serving overhead — {label(cfg)}",
         [
@@ -188,58 +265,10 @@ def main(argv=None) -> None:
             "same steps",
         ],
     )
-
-    async def measure() -> float:
-        engines = await _engine_handles(cfg)
-        controller = Controller(cfg, engines)
-        warm_up = problems[-2:-1]  # first calls through each path are not measured
-        await direct_arm(controller, rule, warm_up, 1)
-        await router_arm(base, warm_up, 1, args.kappa)
-        offset = 0
-        for concurrency, count in levels:
-            chosen = problems[offset : offset + count]
-            offset += count
-            # A-B-B-A: each arm solves both halves, one early and one late, so that drift of
-            # the machine (other processes, caches, clocks) falls on both arms alike.
-            half = len(chosen) // 2
-            arms = {"direct": ([], 0.0, {}), "router": ([], 0.0, {})}
-            for arm, part in (("direct", 0), ("router", 0), ("router", 1), ("direct", 1)):
-                subset = chosen[:half] if part == 0 else chosen[half:]
-                await _reset_prefix_caches(engines)
-                if arm == "direct":
-                    result = await direct_arm(controller, rule, subset, concurrency)
-                else:
-                    result = await router_arm(base, subset, concurrency, args.kappa)
-                latencies, wall, steps = arms[arm]
-                steps |= {p.id: s for p, s in zip(subset, result[2], strict=True)}
-                arms[arm] = (latencies + result[0], wall + result[1], steps)
-            direct, direct_wall, direct_steps = arms["direct"]
-            routed, router_wall, router_steps = arms["router"]
-            same = sum(direct_steps[p.id] == router_steps[p.id] for p in chosen)
-            p50 = (percentile(routed, 50), percentile(direct, 50))
-            p95 = (percentile(routed, 95), percentile(direct, 95))
-            table.add(
-                concurrency,
-                count,
-                p50[0],
-                p95[0],
-                p50[1],
-                p95[1],
-                f"{p50[0] / p50[1] - 1:+.1%}",
-                f"{p95[0] / p95[1] - 1:+.1%}",
-                count / router_wall,
-                count / direct_wall,
-                f"{same}/{count}",
-            )
-            print(f"{concurrency} clients: router p50 {p50[0]:.3f} s", flush=True)
-        return await decision_latency(controller, rule, problems[-1], 200 if args.quick else 5000)
-
-    try:
-        decide = asyncio.run(measure())
-    finally:
-        serve.delete(APP)
+    for row in rows:
+        table.add(*row)
     table.notes = [
-        f"policy: {'hand-set linear' if policy == 'hand_set' else 'trained'} at κ {args.kappa}; "
+        f"policy: {'hand-set linear' if policy == HAND_SET else 'trained'} at κ {args.kappa}; "
         f"policy decision latency: {decide * 1e3:.3f} ms per step (one draft; goal < 1 ms)",
         "overhead = router latency / direct latency - 1; goal: <= +5 % at p50",
         "direct = Controller.solve on the same engine deployments from the benchmark process "

@@ -3,6 +3,8 @@
 The RLlib module wraps this same network, so trained weights export without conversion. With
 no hidden layers it is a logistic regression on the features; `RouterPolicy.hand_set()` gives
 one with hand-chosen weights, which exercises the `policy` rule before any training.
+`load_policy` is the one reader of what a config or a command line names as a policy: a saved
+folder, or `HAND_SET` for the hand-set one.
 
 Inputs are standardized with per-feature statistics measured before training
 (`set_feature_statistics`; identity until set): the features live in [0, 1] but some vary over a
@@ -23,7 +25,9 @@ from torch import nn
 
 from pipeline.features import FEATURE_NAMES, NUM_FEATURES
 
-__all__ = ["RouterPolicy", "mlp_body"]
+__all__ = ["HAND_SET", "RouterPolicy", "load_policy", "mlp_body"]
+
+HAND_SET = "hand_set"  # names the hand-set linear policy where a policy folder could go
 
 
 def mlp_body(width: int, hidden_sizes: tuple[int, ...]) -> tuple[nn.Sequential, int]:
@@ -143,3 +147,17 @@ class RouterPolicy(nn.Module):
         policy.load_state_dict(state)
         policy.eval()
         return policy
+
+
+def load_policy(where: str | Path | None) -> RouterPolicy:
+    """The policy that `where` names: None or `HAND_SET` = `RouterPolicy.hand_set()`, anything
+    else a folder written by `RouterPolicy.save`."""
+    if where is None or where == HAND_SET:
+        return RouterPolicy.hand_set()
+    folder = Path(where)
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"no policy folder at {folder.resolve()}; fix: point to a folder written by "
+            f"`steproute train`, or use '{HAND_SET}' for the hand-set linear policy"
+        )
+    return RouterPolicy.load(folder)

@@ -222,13 +222,11 @@ class PolicyRule(ThresholdRule):
     """A `RouterPolicy` (loaded from a folder, or the hand-set linear one) with threshold kappa."""
 
     def __init__(self, policy=None, kappa: float = 0.5, threshold: float | None = None) -> None:
-        from pipeline.policy import RouterPolicy
+        from pipeline.policy import load_policy
 
         super().__init__(kappa if threshold is None else threshold)
-        if policy is None or policy == "hand_set":
-            policy = RouterPolicy.hand_set()
-        elif isinstance(policy, str | Path):
-            policy = RouterPolicy.load(policy)
+        if policy is None or isinstance(policy, str | Path):
+            policy = load_policy(policy)
         self.policy = policy
         self.num_actions = 2  # p(escalate) lumps every larger model; the threshold picks the top
 

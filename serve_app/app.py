@@ -21,6 +21,7 @@ from pathlib import Path
 
 from pipeline.calibration import load_operating_points
 from pipeline.config import ConfigError, ExperimentConfig, load_config
+from pipeline.policy import HAND_SET
 from serve_app.engines import EngineServer
 from serve_app.router import Router
 
@@ -59,16 +60,17 @@ def api_keys(cfg: ExperimentConfig) -> list[str]:
 
 
 def policy_dir(cfg: ExperimentConfig) -> str:
-    """The trained policy folder (with operating_points.json), or 'hand_set'."""
+    """The trained policy folder (with operating_points.json), or `HAND_SET`; the router loads
+    it with `pipeline.policy.load_policy`."""
     chosen = cfg.serve.policy or str(Path(cfg.output_dir) / "policy")
-    if chosen == "hand_set":
+    if chosen == HAND_SET:
         return chosen
     folder = Path(chosen).resolve()
     if not (folder / "policy.json").exists():
         raise ConfigError(
             f"serve: no trained policy at {folder}; fix: run `steproute train` and "
             "`steproute calibrate` first, set serve.policy to a policy folder, or set "
-            "serve.policy: hand_set to serve the hand-set linear policy"
+            f"serve.policy: {HAND_SET} to serve the hand-set linear policy"
         )
     if not load_operating_points(folder):
         raise ConfigError(
@@ -100,7 +102,7 @@ def build_app(args: dict):
         raise ConfigError("serve_app: the application args need 'config: <experiment YAML>'")
     cfg = load_config(args["config"], args.get("overrides")).with_absolute_paths()
     folder = policy_dir(cfg)
-    points = [] if folder == "hand_set" else [asdict(p) for p in load_operating_points(folder)]
+    points = [] if folder == HAND_SET else [asdict(p) for p in load_operating_points(folder)]
     keys = api_keys(cfg)
     engines_app = args.get("engines_app")
     engines = None if engines_app else {m.name: _engine_deployment(m, cfg) for m in cfg.models}

@@ -5,10 +5,8 @@ Per request the router builds the problem from the last user message (chat) or t
 and runs `Controller.solve`: the same draft → observe → decide → escalate loop the evaluation
 measured. Steps of concurrent requests meet in the engine deployments' `serve.batch`.
 
-Model ids: `router-b0.30` = the calibrated point for a budget of 30 % of large-only cost,
-`router-a0.99` = the point for 99 % of large-only accuracy, `router` = the default point (the
-knee of the calibrated curve unless `serve.default_model` names one; `/v1/models` says which), and
-each model of the ladder by name (`small`, `large`) as a passthrough.
+What each model id means (`router-b0.30`, `router-a0.99`, `router`, `small`, `large`) is
+`serve_app.routes`; exceptions become OpenAI-style HTTP errors in `api_error`, here.
 """
 
 from __future__ import annotations
@@ -19,7 +17,6 @@ import json
 import logging
 import math
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -32,77 +29,11 @@ from pipeline.data import Problem
 from serve_app import api
 from serve_app.api import APIError
 from serve_app.engines import EngineUnavailable, ServeEngine
+from serve_app.routes import Route, build_routes
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Route", "Router", "build_routes"]
-
-
-@dataclass(frozen=True)
-class Route:
-    """What a model id means: a routing rule and, for the policy, its threshold κ."""
-
-    model_id: str
-    rule: str  # "policy", or a passthrough: "small_only" / "large_only"
-    kappa: float | None = None
-    point: OperatingPoint | None = None
-    stands_for: str | None = None  # `router` only: the model id it answers as
-    chosen_by: str | None = None  # `router` only: why that one (knee, config, budget)
-
-    @property
-    def budget(self) -> float | None:
-        return None if self.point is None else self.point.budget
-
-    def describe(self) -> dict:
-        info: dict = {"rule": self.rule}
-        if self.kappa is not None:
-            info["kappa"] = self.kappa if math.isfinite(self.kappa) else None
-        if self.point is not None:
-            info |= {
-                "operating_point": self.point.name,
-                "expected_cost": self.point.expected_cost,
-                "expected_accuracy": self.point.expected_accuracy,
-                "method": self.point.method,
-                "knee": self.point.knee,
-            }
-        if self.stands_for is not None:
-            info |= {"stands_for": self.stands_for, "chosen_by": self.chosen_by}
-        return info
-
-
-def build_routes(
-    cfg: ExperimentConfig, points: list[OperatingPoint]
-) -> tuple[dict[str, Route], str]:
-    """Every model id this router answers to, and the id that `router` stands for."""
-    routes = {
-        cfg.models[0].name: Route(cfg.models[0].name, "small_only"),
-        cfg.models[-1].name: Route(cfg.models[-1].name, "large_only"),
-    }
-    for point in points:
-        routes[point.model_id] = Route(point.model_id, "policy", point.kappa, point)
-    if not points:  # the hand-set policy: one fixed threshold
-        routes["router-k0.50"] = Route("router-k0.50", "policy", 0.5)
-    default, chosen_by = cfg.serve.default_model, "serve.default_model"
-    if default is None:
-        # The knee of the calibrated curve (most accuracy per cost), else the config's budget,
-        # else the first policy point.
-        knee = [p.model_id for p in points if p.knee]
-        budget = cfg.routing.budget
-        wanted = f"router-b{budget:.2f}" if budget is not None else None
-        policy_ids = [r.model_id for r in routes.values() if r.rule == "policy"]
-        if knee:
-            default, chosen_by = knee[0], "knee of the calibrated curve"
-        elif wanted in routes:
-            default, chosen_by = wanted, "routing.budget"
-        else:
-            default, chosen_by = policy_ids[0], "first policy point"
-    if default not in routes:
-        raise ValueError(f"serve.default_model '{default}' is not one of {sorted(routes)}")
-    target = routes[default]
-    routes["router"] = Route(
-        "router", target.rule, target.kappa, target.point, stands_for=default, chosen_by=chosen_by
-    )
-    return routes, default
+__all__ = ["Router", "RouterMetrics", "api_error"]
 
 
 app = FastAPI(title="steproute router", docs_url=None, redoc_url=None)
@@ -128,43 +59,11 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
     return JSONResponse(error.body(), status_code=error.status)
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0})
-@serve.ingress(app)
-class Router:
-    def __init__(
-        self,
-        cfg: dict,
-        policy_dir: str,
-        points: list[dict],
-        api_keys: list[str],
-        engines: dict | None = None,
-        engines_app: str | None = None,
-    ) -> None:
+class RouterMetrics:
+    """The router's Serve metrics, which Ray's metrics agent exports to Prometheus."""
+
+    def __init__(self) -> None:
         from ray.serve import metrics
-
-        from pipeline.policy import RouterPolicy
-
-        self.cfg = ExperimentConfig.model_validate(cfg)
-        self.policy = (
-            RouterPolicy.hand_set() if policy_dir == "hand_set" else RouterPolicy.load(policy_dir)
-        )
-        # A sweep's front names a policy folder per point; others use the folder's own policy.
-        self.point_policies = {
-            p["policy"]: RouterPolicy.load(p["policy"]) for p in points if p.get("policy")
-        }
-        self.routes, self.default = build_routes(self.cfg, [OperatingPoint(**p) for p in points])
-        self.api_keys = [k.encode() for k in api_keys]
-        self.handles = engines
-        self.engines_app = engines_app
-        self.serve_cfg = self.cfg.serve
-        small = self.cfg.models[0]
-        self.max_prompt_tokens = (
-            self.serve_cfg.max_prompt_tokens or (small.max_model_len or 2048) // 2
-        )
-        self.max_tokens = self.serve_cfg.max_tokens or self.cfg.routing.max_total_tokens
-        self.in_flight = 0
-        self._controller = None
-        self._starting: asyncio.Lock | None = None
 
         self.requests = metrics.Counter(
             "steproute_requests",
@@ -194,6 +93,58 @@ class Router:
             tag_keys=("model",),
         )
 
+    def observe_step_latency(self, model: str, seconds: float) -> None:
+        self.step_latency.observe(seconds * 1000.0, tags={"model": model})
+
+    def count_answer(self, state, model: str) -> None:
+        """A request answered in full: its steps, escalations and cost, under its model id."""
+        tag = {"route": model}
+        for step in state.steps:
+            self.steps.inc(tags=tag | {"writer": step.model})
+        if state.escalations:
+            self.escalations.inc(state.escalations, tags=tag)
+        self.cost.observe(state.cost, tags=tag)
+        self.requests.inc(tags={"model": model, "status": "200"})
+
+    def count_error(self, model: str, status: int) -> None:
+        self.requests.inc(tags={"model": model, "status": str(status)})
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0})
+@serve.ingress(app)
+class Router:
+    def __init__(
+        self,
+        cfg: dict,
+        policy_dir: str,
+        points: list[dict],
+        api_keys: list[str],
+        engines: dict | None = None,
+        engines_app: str | None = None,
+    ) -> None:
+        from pipeline.policy import load_policy
+
+        self.cfg = ExperimentConfig.model_validate(cfg)
+        self.policy = load_policy(policy_dir)
+        # A sweep's front names a policy folder per point; others use the folder's own policy.
+        self.point_policies = {
+            p["policy"]: load_policy(p["policy"]) for p in points if p.get("policy")
+        }
+        self.routes, self.default = build_routes(self.cfg, [OperatingPoint(**p) for p in points])
+        self.api_keys = [k.encode() for k in api_keys]
+        self.handles = engines
+        self.engines_app = engines_app
+        self.serve_cfg = self.cfg.serve
+        small = self.cfg.models[0]
+        self.max_prompt_tokens = (
+            self.serve_cfg.max_prompt_tokens or (small.max_model_len or 2048) // 2
+        )
+        self.max_tokens = self.serve_cfg.max_tokens or self.cfg.routing.max_total_tokens
+        self.in_flight = 0
+        self._controller = None
+        self._starting: asyncio.Lock | None = None
+        self.metrics = RouterMetrics()
+
     # ------------------------------------------------------------------ engines
 
     async def _get_controller(self):
@@ -222,13 +173,13 @@ class Router:
                             f"engine '{model.name}' is unavailable: {exc}"
                         ) from exc
                     engines[model.name] = ServeEngine(
-                        handle, info, self.serve_cfg.request_timeout_s, self._observe_latency
+                        handle,
+                        info,
+                        self.serve_cfg.request_timeout_s,
+                        self.metrics.observe_step_latency,
                     )
                 self._controller = Controller(self.cfg, engines)
         return self._controller
-
-    def _observe_latency(self, model: str, seconds: float) -> None:
-        self.step_latency.observe(seconds * 1000.0, tags={"model": model})
 
     # ------------------------------------------------------------------ checks
 
@@ -422,13 +373,7 @@ class Router:
         routing = api.routing_summary(state, name, kappa)
         if routing["kappa"] is not None and not math.isfinite(routing["kappa"]):
             routing["kappa"] = None  # "never escalate": JSON has no infinity
-        tag = {"route": model}
-        for step in state.steps:
-            self.steps.inc(tags=tag | {"writer": step.model})
-        if state.escalations:
-            self.escalations.inc(state.escalations, tags=tag)
-        self.cost.observe(state.cost, tags=tag)
-        self.requests.inc(tags={"model": model, "status": "200"})
+        self.metrics.count_answer(state, model)
         return routing
 
     def _error(self, exc: Exception, model: str | None = None) -> JSONResponse:
@@ -437,5 +382,5 @@ class Router:
         request asked for, counted in `steproute_requests`; None for requests that name none."""
         error = api_error(exc)
         if model is not None:
-            self.requests.inc(tags={"model": model, "status": str(error.status)})
+            self.metrics.count_error(model, error.status)
         return JSONResponse(error.body(), error.status)

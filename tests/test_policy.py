@@ -1,12 +1,14 @@
-"""RouterPolicy persistence: input statistics, older exports, and the draft-embedding columns."""
+"""RouterPolicy persistence: input statistics, older exports, the draft-embedding columns, and
+`load_policy`, which reads what a config or command line names as a policy."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from pipeline.features import NUM_FEATURES
-from pipeline.policy import RouterPolicy
+from pipeline.policy import HAND_SET, RouterPolicy, load_policy
 
 
 def _randomized(policy: RouterPolicy) -> RouterPolicy:
@@ -72,3 +74,28 @@ def test_escalation_scores_of_a_confident_policy_stay_ordered() -> None:
     scores = policy.escalation_probability(obs).numpy()
     assert np.all(np.diff(scores) < 0)
     np.testing.assert_allclose(scores, np.exp(-margins[:, 0]), rtol=1e-3)
+
+
+def test_load_policy_of_hand_set_or_none_is_the_hand_set_policy() -> None:
+    obs = np.random.default_rng(0).random((6, NUM_FEATURES))
+    expected = RouterPolicy.hand_set().escalation_probability(obs)
+    for where in (HAND_SET, None):
+        torch.testing.assert_close(load_policy(where).escalation_probability(obs), expected)
+
+
+def test_load_policy_reads_a_saved_folder(tmp_path) -> None:
+    policy = _randomized(RouterPolicy((8,)))
+    folder = policy.save(tmp_path / "trained")
+    obs = np.random.default_rng(1).random((4, NUM_FEATURES))
+    for where in (folder, str(folder)):
+        loaded = load_policy(where)
+        torch.testing.assert_close(
+            loaded.escalation_probability(obs), policy.escalation_probability(obs)
+        )
+
+
+def test_load_policy_of_a_missing_folder_names_the_path(tmp_path) -> None:
+    missing = tmp_path / "no-such-policy"
+    with pytest.raises(FileNotFoundError, match="no-such-policy") as error:
+        load_policy(missing)
+    assert str(missing.resolve()) in str(error.value) and HAND_SET in str(error.value)

@@ -108,7 +108,11 @@ class OpenAIEngine:
         if room <= 0:
             return StepResult((), "", (), (), "length", len(prompt), 0)
         scored = min(request.score_tokens, len(prompt) - 1)
-        want_logprobs = request.n_logprobs > 0 or scored > 0
+        body = await self._post(self._payload(request, prompt, room, scored))
+        return self._step_result(request, prompt, scored, body)
+
+    def _payload(self, request: StepRequest, prompt: list[int], room: int, scored: int) -> dict:
+        """The completions request for one step; `scored` prompt tokens come back scored."""
         payload = {
             "model": self.model.path,
             "prompt": prompt,
@@ -121,11 +125,16 @@ class OpenAIEngine:
         }
         if request.seed is not None and request.temperature > 0:
             payload["seed"] = request.seed
-        if want_logprobs:
+        if request.n_logprobs > 0 or scored > 0:
             payload["logprobs"] = max(1, request.n_logprobs)
         if scored > 0:
             payload["echo"] = True  # prompt tokens come back with their logprobs
-        body = await self._post(payload)
+        return payload
+
+    def _step_result(
+        self, request: StepRequest, prompt: list[int], scored: int, body: dict
+    ) -> StepResult:
+        """The server's answer as a `StepResult`, whichever of token ids and logprobs it gave."""
         choice = body["choices"][0]
         text = choice.get("text") or ""
         logprobs = choice.get("logprobs") or {}
@@ -147,6 +156,7 @@ class OpenAIEngine:
         ids = choice.get("token_ids")
         if ids is None:
             ids = self._tokenize(text)
+        want_logprobs = request.n_logprobs > 0 or scored > 0
         if want_logprobs and not token_logprobs and ids:
             self._warn_once("logprobs", "server returned no logprobs; confidence features degrade")
         finish = choice.get("finish_reason") or "stop"

@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 
 from pipeline.calibration import OperatingPoint, mark_knee
-from serve_app.router import build_routes
+from serve_app.routes import build_routes
 
 SMALL, LARGE = (0.2, 0.60), (1.0, 0.98)  # (normalized cost, accuracy) of small- and large-only
 
