@@ -39,7 +39,7 @@ from benchmarks.common import (
 from pipeline.controller import Controller
 from pipeline.data import load_split
 from pipeline.policy import HAND_SET, load_policy
-from pipeline.rules import PolicyRule
+from pipeline.rules import make_rule
 
 APP = "steproute-bench"
 
@@ -241,7 +241,7 @@ def main(argv=None) -> None:
 
     base = start_router(args.config, policy)
     problems = load_split(cfg.dataset, cfg.evaluation.split)
-    rule = PolicyRule(load_policy(policy), kappa=args.kappa)
+    rule = make_rule("policy", policy=load_policy(policy), threshold=args.kappa)
     decisions = 200 if args.quick else 5000
     try:
         rows, decide = asyncio.run(

@@ -74,7 +74,7 @@ class Controller:
         self.cost_models = available_cost_models(cfg.models)
         # The scale of the cost feature: the budget per problem when one is set in absolute
         # terms is unknown here, so features use the large model's cost of max_steps steps.
-        self.cost_scale = self._cost_scale()
+        self.cost_ceiling = self._cost_ceiling()
 
     # ------------------------------------------------------------------ states
 
@@ -203,7 +203,7 @@ class Controller:
                 step_index=len(state.steps),
                 max_steps=self.cfg.routing.max_steps,
                 cost_so_far=state._step_start_cost,
-                cost_scale=self.cost_scale,
+                cost_ceiling=self.cost_ceiling,
                 escalated_steps=state.escalations,
                 min_draft_prob_so_far=state.min_draft_prob,
                 prev_escalated=bool(state.steps) and state.steps[-1].escalated,
@@ -359,7 +359,7 @@ class Controller:
     def is_correct(self, state: ReasoningState) -> bool:
         return grade(state.solution, state.problem.gold_answer, self.benchmark).correct
 
-    def _cost_scale(self) -> float:
+    def _cost_ceiling(self) -> float:
         large = self.by_name[self.large]
         tokens = self.cfg.routing.max_steps * large.sampling.max_step_tokens
         try:

@@ -60,7 +60,7 @@ class TrajectoryStats:
     step_index: int
     max_steps: int
     cost_so_far: float
-    cost_scale: float
+    cost_ceiling: float  # the cost of a longest large-only trajectory: cost_so_far saturates there
     escalated_steps: int
     min_draft_prob_so_far: float
     prev_escalated: bool
@@ -130,7 +130,7 @@ def feature_vector(draft: DraftStats, trajectory: TrajectoryStats) -> list[float
         draft.length,
         draft.has_final_answer,
         min(1.0, t.step_index / max(1, t.max_steps)),
-        min(1.0, t.cost_so_far / t.cost_scale) if t.cost_scale > 0 else 0.0,
+        min(1.0, t.cost_so_far / t.cost_ceiling) if t.cost_ceiling > 0 else 0.0,
         t.escalated_steps / steps_before if t.step_index else 0.0,
         t.min_draft_prob_so_far,
         float(t.prev_escalated),

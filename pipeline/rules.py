@@ -12,7 +12,7 @@ largest model of the ladder (action K-1).
 | `confidence_threshold` | 1 - draft mean token probability (STEER-like: escalate when unsure) |
 | `large_likelihood` | 1 - exp(mean logprob of the draft under the large model) (SpecReason-like) |
 | `prm_threshold` | 1 - process reward of the draft (RSD-like; needs a PRM model) |
-| `policy` | p(escalate) of a `RouterPolicy`; the threshold is the calibrated kappa |
+| `policy` | p(escalate) of a `RouterPolicy`; the threshold is the calibrated κ |
 | `oracle` | testbed only: a wrong draft (by the step grader) scores a draw in (0, 1] per problem, a right one 0 |
 
 `oracle` is the upper reference, not a baseline: it escalates exactly the drafts that
@@ -219,12 +219,13 @@ class PRMThreshold(ThresholdRule):
 
 @register("policy")
 class PolicyRule(ThresholdRule):
-    """A `RouterPolicy` (loaded from a folder, or the hand-set linear one) with threshold kappa."""
+    """A `RouterPolicy` (loaded from a folder, or the hand-set linear one) escalating when its
+    p(escalate) ≥ threshold: the κ that calibration chooses per operating point."""
 
-    def __init__(self, policy=None, kappa: float = 0.5, threshold: float | None = None) -> None:
+    def __init__(self, policy=None, threshold: float = 0.5) -> None:
         from pipeline.policy import load_policy
 
-        super().__init__(kappa if threshold is None else threshold)
+        super().__init__(threshold)
         if policy is None or isinstance(policy, str | Path):
             policy = load_policy(policy)
         self.policy = policy

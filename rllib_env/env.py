@@ -92,7 +92,7 @@ class StepRoutingEnv(MultiAgentEnv):
         self.observation_spaces = dict.fromkeys(self.possible_agents, obs_space)
         self.action_spaces = dict.fromkeys(self.possible_agents, act_space)
 
-        self.cost_scale = self._large_only_cost_per_problem()
+        self.large_only_cost = self._large_only_cost_per_problem()
         self.stats: list[dict[str, float]] = []  # one entry per finished problem
         self._states: dict[str, ReasoningState] = {}
         self._drafts: dict[str, StepResult] = {}
@@ -171,7 +171,7 @@ class StepRoutingEnv(MultiAgentEnv):
         self.controller.advance(
             state, step, model, draft=self._drafts[aid], features=self._obs[aid].tolist()
         )
-        rewards[aid] = -self.cost_weight * state.steps[-1].cost / self.cost_scale
+        rewards[aid] = -self.cost_weight * state.steps[-1].cost / self.large_only_cost
         if state.done:
             correct = self.controller.is_correct(state)
             rewards[aid] += float(correct)
@@ -198,7 +198,7 @@ class StepRoutingEnv(MultiAgentEnv):
         self.stats.append(
             {
                 "correct": float(correct),
-                "cost_normalized": state.cost / self.cost_scale,
+                "cost_normalized": state.cost / self.large_only_cost,
                 "escalation_rate": state.escalations / max(1, len(state.steps)),
                 "steps": float(len(state.steps)),
             }

@@ -84,7 +84,7 @@ class LagrangianCallback(RLlibCallback):
         )
         stats = [s for runner_stats in per_runner for s in runner_stats]
         training = algorithm.config.env_config["training"]
-        cost_weight = algorithm.config.env_config.get("_cost_weight", training["cost_weight"])
+        cost_weight = algorithm.config.env_config["cost_weight"]  # λ now (dual ascent moves it)
         summary = {"rollout/problems": float(len(stats)), "train/cost_weight": cost_weight}
         if stats:
             for key in ("correct", "cost_normalized", "escalation_rate", "steps"):
@@ -99,7 +99,7 @@ class LagrangianCallback(RLlibCallback):
                     lambda runner: [env.set_cost_weight(new) for env in _envs(runner)],
                     local_env_runner=True,
                 )
-                algorithm.config.env_config["_cost_weight"] = new
+                algorithm.config.env_config["cost_weight"] = new
                 summary["train/cost_weight_next"] = new
         result["steproute"] = summary
 
@@ -111,17 +111,14 @@ def _run_on_engines(cfg: ExperimentConfig, engines: dict | None, work):
 
     from pipeline.controller import Controller
     from pipeline.engines.cache import StepCache
-    from pipeline.engines.launch import start_engines
+    from pipeline.engines.launch import engine_pool
 
-    cache = None
-    if engines is None:
-        cache = StepCache(cfg.step_cache_dir)
-        engines = start_engines(cfg.models, use_ray=True, cache=cache)
-    try:
-        return asyncio.run(work(Controller(cfg, engines)))
-    finally:
-        if cache is not None:
-            cache.flush()
+    async def main():
+        cache = None if engines is not None else StepCache(cfg.step_cache_dir)
+        async with engine_pool(cfg.models, cache=cache, engines=engines) as live:
+            return await work(Controller(cfg, live))
+
+    return asyncio.run(main())
 
 
 def feature_statistics(
@@ -227,8 +224,8 @@ def build_ppo_config(
     hyperparameters, all from `cfg.training`; `env_extra` goes into the env config."""
     t = cfg.training
     extra = {
+        "cost_weight": t.cost_weight,
         "training": {
-            "cost_weight": t.cost_weight,
             "dual_ascent": t.dual_ascent,
             "dual_lr": t.dual_lr,
             "budget": cfg.routing.budget,
@@ -294,7 +291,6 @@ def _build_algorithm(
     if last is not None:
         state = json.loads((last / "steproute.json").read_text())
         start_iteration = state["iteration"]
-        config.env_config["_cost_weight"] = state["cost_weight"]
         config.env_config["cost_weight"] = state["cost_weight"]
     algo = config.build_algo()
     if last is not None:
@@ -324,7 +320,7 @@ def _save_checkpoint(
     keep (λ lives in the env config) and `--resume` restores."""
     path = (checkpoints / f"iter_{iteration:05d}").resolve()  # RLlib wants a URI
     algo.save_to_path(str(path))
-    cost_weight = algo.config.env_config.get("_cost_weight", cfg.training.cost_weight)
+    cost_weight = algo.config.env_config["cost_weight"]
     (path / "steproute.json").write_text(
         json.dumps({"iteration": iteration, "cost_weight": cost_weight})
     )

@@ -244,16 +244,14 @@ class Router:
         return max(fitting, key=lambda r: r.budget)
 
     def _rule(self, route: Route):
-        from pipeline.rules import LargeOnly, PolicyRule, SmallOnly
+        from pipeline.rules import make_rule
 
-        if route.rule == "small_only":
-            return SmallOnly()
-        if route.rule == "large_only":
-            return LargeOnly()
+        if route.rule in ("small_only", "large_only"):
+            return make_rule(route.rule)
         policy = self.policy
         if route.point is not None and route.point.policy:
             policy = self.point_policies[route.point.policy]
-        return PolicyRule(policy, kappa=route.kappa)
+        return make_rule("policy", policy=policy, threshold=route.kappa)
 
     # ------------------------------------------------------------------ endpoints
 

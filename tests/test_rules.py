@@ -67,8 +67,8 @@ def test_policy_rule_round_trips_a_saved_policy(tmp_path) -> None:
     policy = RouterPolicy(hidden_sizes=(8,))
     policy.save(tmp_path / "p")
     obs = _obs(6, np.linspace(0.1, 0.9, 6))
-    direct = make_rule("policy", policy=policy, kappa=0.5).scores(obs)
-    loaded = make_rule("policy", policy=str(tmp_path / "p"), kappa=0.5).scores(obs)
+    direct = make_rule("policy", policy=policy, threshold=0.5).scores(obs)
+    loaded = make_rule("policy", policy=str(tmp_path / "p"), threshold=0.5).scores(obs)
     np.testing.assert_allclose(direct, loaded, rtol=1e-6)
 
 

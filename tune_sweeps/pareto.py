@@ -90,28 +90,23 @@ def evaluate_front(
 
     from pipeline.controller import Controller
     from pipeline.data import load_split
-    from pipeline.engines.cache import CachedEngine, StepCache
-    from pipeline.engines.launch import start_engines
+    from pipeline.engines.cache import StepCache
+    from pipeline.engines.launch import engine_pool
     from pipeline.evaluation import evaluate_with, summarize
-    from pipeline.rules import PolicyRule
+    from pipeline.rules import make_rule
 
     problems = load_split(cfg.dataset, "test")[:limit]
-    cache = StepCache(cfg.step_cache_dir)
 
     async def main():
-        engines = start_engines(cfg.models, use_ray=True)
-        controller = Controller(cfg, {n: CachedEngine(e, cache) for n, e in engines.items()})
-        try:
+        async with engine_pool(cfg.models, cache=StepCache(cfg.step_cache_dir)) as engines:
+            controller = Controller(cfg, engines)
             baseline_rows, _ = await evaluate_with(
                 cfg, controller, problems, ["confidence_threshold"]
             )
             measured = []
             for point in front:
-                states = await controller.run(
-                    problems,
-                    PolicyRule(point.policy, kappa=point.kappa),
-                    cfg.evaluation.concurrency,
-                )
+                rule = make_rule("policy", policy=point.policy, threshold=point.kappa)
+                states = await controller.run(problems, rule, cfg.evaluation.concurrency)
                 measured.append(
                     (
                         float(np.mean([controller.is_correct(s) for s in states])),
@@ -119,8 +114,6 @@ def evaluate_front(
                     )
                 )
             return baseline_rows, measured
-        finally:
-            cache.flush()
 
     baseline_rows, measured = asyncio.run(main())
     baselines, _ = summarize(baseline_rows)
