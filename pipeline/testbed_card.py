@@ -1,4 +1,4 @@
-"""Write `MODEL_CARD.md` for the committed testbed pair from the training records and a report."""
+"""Write `MODEL_CARD.md` for the committed testbed models from their training records and a report."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pipeline.testbed_report import TestbedReport
 
-__all__ = ["sha256_of", "write_model_card"]
+__all__ = ["prm_lines", "sha256_of", "write_model_card"]
 
 
 def sha256_of(path: Path) -> str:
@@ -81,9 +81,55 @@ def _measured_lines(report: TestbedReport, records: dict[str, dict]) -> list[str
     ]
 
 
+def prm_lines(models_dir: Path) -> list[str]:
+    """The process reward model's section, from `<models_dir>/prm/training.json` (what
+    `steproute testbed train-prm` measured); none when there is no PRM."""
+    path = models_dir / "prm" / "training.json"
+    if not path.is_file():
+        return []
+    record = json.loads(path.read_text())
+    spec, m = record["spec"], record["measured"]
+    return [
+        "## Process reward model (`prm/`)",
+        "",
+        "A `Qwen2ForProcessRewardModel`, the architecture vLLM serves Qwen2.5-Math-PRM with,",
+        "trained by `steproute testbed train-prm`: the large model's transformer body and a fresh",
+        "two-layer head answering (p wrong, p right) at the newline that ends a step (vLLM STEP",
+        "pooling, `step_tag_id` 66). Its training data are the small model's greedy drafts of",
+        f"{m['train_problems']} TRAIN-split problems ({m['train_steps']} steps, "
+        f"{m['train_wrong_steps']} wrong), each step labelled by",
+        "`tasks.grade_step`; a further slice of "
+        f"{m['validation_problems']} train problems was held out to choose the",
+        "hyper-parameters. No test problem was trained or tuned on. Float32 safetensors.",
+        "",
+        "| parameters | epochs | train time | step-error AUROC, held-out train | step-error AUROC, test (torch) | test (vLLM) | the small model's −mean logprob, same test steps |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        f"| {record['parameters']:,} | {spec['epochs']} | {record['train_seconds'] / 60:.1f} min"
+        f" | {m['validation_auroc']:.3f} | {m['test_auroc']:.3f} | {m['vllm_test_auroc']:.3f}"
+        f" | {m['confidence_auroc']:.3f} |",
+        "",
+        f"Test: {m['test_steps']} steps of the small model's greedy drafts of "
+        f"{m['test_problems']} test-split problems,",
+        f"{m['test_wrong_steps']} of them wrong. The AUROC is of 1 − p(right) for 'the step is "
+        "wrong'; torch",
+        f"and vLLM p(right) differ by at most {m['vllm_max_difference']:.1e}. The train time is "
+        "wall-clock on 2 cores.",
+        "",
+        "To score a draft, give vLLM the small model's context ids (prompt and kept steps), then",
+        "the draft's ids with a newline (66) appended when the draft does not end in one, and",
+        "read p(right) from the last row it returns (one row per newline, the prompt's too).",
+        "",
+        "```json",
+        json.dumps(spec, indent=2),
+        "```",
+        "",
+    ]
+
+
 def write_model_card(models_dir: Path, report: TestbedReport) -> Path:
     """Write `<models_dir>/MODEL_CARD.md`: `report`'s numbers, how the pair is built, each
-    model's training configuration (its `training.json`) and the sha256 of its weight files."""
+    model's training configuration (its `training.json`), the process reward model's section
+    when `<models_dir>/prm` holds one, and the sha256 of every weight file."""
     records = {
         name: json.loads((models_dir / name / "training.json").read_text())
         for name in report.models
@@ -98,8 +144,9 @@ def write_model_card(models_dir: Path, report: TestbedReport) -> Path:
             "```",
             "",
         ]
+    lines += prm_lines(models_dir)
     lines += ["## Weight files (sha256)", "", "| file | sha256 |", "| --- | --- |"]
-    for name in report.models:
+    for name in [*report.models, *(["prm"] if prm_lines(models_dir) else [])]:
         for path in sorted((models_dir / name).glob("*.safetensors")):
             lines.append(f"| `{name}/{path.name}` | `{sha256_of(path)}` |")
     lines.append("")

@@ -40,6 +40,7 @@ def test_data_summary_bad_config_is_an_error(tmp_path: Path) -> None:
         ["serve"],
         ["pipeline"],
         ["testbed", "report"],
+        ["testbed", "train-prm"],
     ],
 )
 def test_every_command_answers_a_bad_config_with_one_error_line(tmp_path: Path, command) -> None:

@@ -2,7 +2,7 @@
 user's mistake becomes an error line. Each command lives in its group's module:
 
 - `data`: `data summary`, `grade`
-- `testbed`: `testbed train`, `testbed report`
+- `testbed`: `testbed train`, `testbed report`, `testbed train-prm`
 - `evaluate`: `evaluate`
 - `policy`: `train`, `calibrate`
 - `jobs`: `serve`, `sweep`, `pipeline`
@@ -22,7 +22,7 @@ from pipeline.cli.data import data_summary, grade_file
 from pipeline.cli.evaluate import evaluate_command
 from pipeline.cli.jobs import pipeline_command, serve_command, sweep_command
 from pipeline.cli.policy import calibrate_command, train_command
-from pipeline.cli.testbed import testbed_report, testbed_train
+from pipeline.cli.testbed import testbed_report, testbed_train, testbed_train_prm
 from pipeline.config import ConfigError
 from pipeline.data import DataError
 from tune_sweeps.spec import SweepSpecError
@@ -75,4 +75,5 @@ testbed_app = typer.Typer(
 )
 testbed_app.command("train")(testbed_train)
 testbed_app.command("report")(testbed_report)
+testbed_app.command("train-prm")(testbed_train_prm)
 app.add_typer(testbed_app, name="testbed")

@@ -1,4 +1,4 @@
-"""`steproute testbed train` and `steproute testbed report`: the CPU testbed's model pair."""
+"""`steproute testbed train`, `testbed report` and `testbed train-prm`: the CPU testbed's models."""
 
 from __future__ import annotations
 
@@ -110,3 +110,61 @@ def testbed_report(
     if write_card:
         models_dir = Path(small.path).parent
         console.print(f"wrote {write_model_card(models_dir, report)}")
+
+
+def testbed_train_prm(
+    config: Annotated[Path, typer.Option("--config", "-c")] = Path("configs/testbed.yaml"),
+    problems: Annotated[
+        int | None, typer.Option(help="Train on the first N train-split problems (default: all).")
+    ] = None,
+    test_problems: Annotated[
+        int | None, typer.Option(help="Measure on the first N test-split problems (default: all).")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Folder for the PRM.")] = Path(
+        "pipeline/testbed/models/prm"
+    ),
+    epochs: Annotated[int | None, typer.Option(help="Override the spec's epochs.")] = None,
+    large_drafts: Annotated[
+        bool, typer.Option(help="Also train on the large model's drafts of the train problems.")
+    ] = False,
+    seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
+) -> None:
+    """Train the testbed process reward model on the small model's graded drafts (train split)
+    and print its step-error AUROC on test-split drafts (torch and vLLM)."""
+    from pipeline.testbed.prm import PRMSpec
+    from pipeline.testbed_prm import train_testbed_prm
+
+    cfg = load_config(config)
+    if cfg.dataset.name != "testbed":
+        raise fail(f"{config} is not a testbed config (dataset.name is '{cfg.dataset.name}')")
+    train, test = load_split(cfg.dataset, "train"), load_split(cfg.dataset, "test")
+    for asked, split, name in ((problems, train, "train"), (test_problems, test, "test")):
+        if asked is not None and not 0 < asked <= len(split):
+            raise fail(f"asked for {asked} {name} problems, the {name} split holds {len(split)}")
+    update = {"seed": seed, "large_drafts": large_drafts} | ({"epochs": epochs} if epochs else {})
+    spec = PRMSpec().model_copy(update=update)
+    console.print(f"[bold]testbed[/] training the PRM: {spec.model_dump()}")
+    report = asyncio.run(
+        train_testbed_prm(
+            cfg,
+            spec,
+            out,
+            train[:problems],
+            test[:test_problems],
+            progress=lambda epoch, total, loss, held: console.print(
+                f"epoch {epoch}/{total}: loss {loss:.4f}, held-out loss {held:.4f}"
+            ),
+        )
+    )
+    console.print(
+        f"PRM: {report.parameters:,} parameters, trained in {report.train_seconds / 60:.1f} min "
+        f"on {report.train_steps} steps of {report.train_problems} train problems "
+        f"({report.train_wrong_steps} wrong) -> {report.folder}"
+    )
+    console.print(
+        f"step-error AUROC on {report.test_steps} steps of {report.test_problems} test problems "
+        f"({report.test_wrong_steps} wrong): PRM {report.test_auroc:.3f} (torch), "
+        f"{report.vllm_test_auroc:.3f} (vLLM, max |Δp| {report.vllm_max_difference:.1e}); "
+        f"small model's confidence {report.confidence_auroc:.3f}; "
+        f"held-out train slice {report.validation_auroc:.3f}"
+    )
