@@ -118,6 +118,31 @@ class ModelConfig(_Frozen):
         return self
 
 
+class PRMConfig(ModelConfig):
+    """A process reward model: scores a draft step (p(step is right)) for `prm_threshold`. A vLLM
+    pooling model with STEP pooling, as vLLM serves Qwen2.5-Math-PRM (`Qwen2ForProcessRewardModel`):
+    it reads the small model's context plus the draft, with the step tag appended unless the draft
+    already ends with it (the testbed PRM's tag is the newline that ends a step), and answers at
+    that tag. It shares the
+    small model's tokenizer (the testbed's; Qwen2.5's for Qwen2.5-Math). Its calls are charged
+    like any model's: a forward pass over what it has not read in this trajectory."""
+
+    name: str = Field("prm", min_length=1, description="Id in reports and cost breakdowns.")
+    step_tag_id: int = Field(
+        ..., ge=0, description="Token id the PRM answers at (Qwen2.5-Math-PRM: 151651 <extra_0>)."
+    )
+
+    @model_validator(mode="after")
+    def _pooling_needs_vllm(self) -> PRMConfig:
+        if self.engine != "vllm":
+            raise ValueError(
+                f"prm: engine '{self.engine}' cannot host a process reward model: it is a vLLM "
+                "pooling model (STEP pooling), and OpenAI-compatible APIs have no process-reward "
+                "pooling endpoint; use engine: vllm"
+            )
+        return self
+
+
 class SplitFractions(_Frozen):
     train: float = Field(0.6, ge=0, le=1)
     calibration: float = Field(0.2, ge=0, le=1)
@@ -255,6 +280,8 @@ class EvaluationConfig(_Frozen):
         "random",
         "confidence_threshold",
         "large_likelihood",
+        "first_token_entropy",
+        "prm_threshold",  # skipped (and said so in the report) where no `prm:` is configured
         "policy",
     )
     split: Literal["train", "calibration", "test"] = "test"
@@ -354,6 +381,7 @@ class ExperimentConfig(_Frozen):
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
+    prm: PRMConfig | None = Field(None, description="Process reward model for prm_threshold.")
     output_dir: str = "runs/default"
 
     @field_validator("models")
@@ -366,20 +394,32 @@ class ExperimentConfig(_Frozen):
 
     @model_validator(mode="after")
     def _cost_inputs_present(self) -> ExperimentConfig:
-        for i, model in enumerate(self.models):
+        where = [(f"models[{i}]", m) for i, m in enumerate(self.models)]
+        for place, model in where + ([("prm", self.prm)] if self.prm else []):
             if self.routing.cost_model == "flops" and model.cost.parameters is None:
                 raise ValueError(
-                    f"models[{i}] ('{model.name}'): cost model 'flops' needs cost.parameters"
+                    f"{place} ('{model.name}'): cost model 'flops' needs cost.parameters"
                 )
             if self.routing.cost_model == "price" and (
                 model.cost.input_price_per_token is None
                 or model.cost.output_price_per_token is None
             ):
                 raise ValueError(
-                    f"models[{i}] ('{model.name}'): cost model 'price' needs "
+                    f"{place} ('{model.name}'): cost model 'price' needs "
                     "cost.input_price_per_token and cost.output_price_per_token"
                 )
         return self
+
+    @model_validator(mode="after")
+    def _prm_name_is_its_own(self) -> ExperimentConfig:
+        if self.prm and self.prm.name in {m.name for m in self.models}:
+            raise ValueError(f"prm.name '{self.prm.name}' is also a model of the ladder; rename it")
+        return self
+
+    @property
+    def engine_models(self) -> tuple[ModelConfig, ...]:
+        """Every model an engine is started for: the ladder, then the PRM when one is set."""
+        return self.models + ((self.prm,) if self.prm else ())
 
     @model_validator(mode="after")
     def _oracle_needs_the_testbed(self) -> ExperimentConfig:
@@ -401,6 +441,11 @@ class ExperimentConfig(_Frozen):
         ladder = tuple(
             m.model_copy(update={"path": resolve(m.path)}) if models else m for m in self.models
         )
+        prm = (
+            self.prm.model_copy(update={"path": resolve(self.prm.path)})
+            if self.prm and models
+            else self.prm
+        )
         dataset = self.dataset.model_copy(update={"source": resolve(self.dataset.source)})
         evaluation = self.evaluation.model_copy(
             update={"cache_dir": str(self.step_cache_dir.resolve())}
@@ -408,6 +453,7 @@ class ExperimentConfig(_Frozen):
         return self.model_copy(
             update={
                 "models": ladder,
+                "prm": prm,
                 "dataset": dataset,
                 "evaluation": evaluation,
                 "output_dir": str(Path(self.output_dir).resolve()),

@@ -42,7 +42,7 @@ from pipeline.features import (
     text_embedding,
 )
 from pipeline.grading import extract_answer, grade
-from pipeline.prompts import prompt_token_ids
+from pipeline.prompts import load_tokenizers, prompt_token_ids
 from pipeline.rules import RoutingRule
 from pipeline.trajectory import ReasoningState, StepRecord
 
@@ -63,15 +63,15 @@ class Controller:
             raise ValueError(f"no engine for model(s) {missing}; engines: {sorted(engines)}")
         self.cfg = cfg
         self.models: tuple[ModelConfig, ...] = cfg.models
-        self.by_name = {m.name: m for m in cfg.models}
+        self.by_name = {m.name: m for m in cfg.engine_models}  # the ladder, and the PRM if any
         self.small = cfg.models[0].name
         self.large = cfg.models[-1].name
         self.engines = engines
-        self.tokenizers = dict(tokenizers) if tokenizers else _load_tokenizers(cfg.models)
+        self.tokenizers = dict(tokenizers) if tokenizers else load_tokenizers(cfg.models)
         first = self.tokenizers[self.small].get_vocab()
         self._shared_vocab = all(t.get_vocab() == first for t in self.tokenizers.values())
         self.benchmark = cfg.dataset.name
-        self.cost_models = available_cost_models(cfg.models)
+        self.cost_models = available_cost_models(cfg.engine_models)
         # The scale of the cost feature: the budget per problem when one is set in absolute
         # terms is unknown here, so features use the large model's cost of max_steps steps.
         self.cost_ceiling = self._cost_ceiling()
@@ -187,6 +187,25 @@ class Controller:
             scores[i] = sum(finite) / len(finite) if finite else 0.0
         return scores
 
+    async def score_with_prm(
+        self, states: Sequence[ReasoningState], drafts: Sequence[StepResult]
+    ) -> np.ndarray:
+        """p(draft is right) from the process reward model (`cfg.prm`); its cost is paid. It
+        reads the small model's context and the draft, ending at its step tag."""
+        prm = self.cfg.prm
+        if prm is None or prm.name not in self.engines:
+            raise ValueError("prm_threshold needs a process reward model: set prm: in the config")
+        requests = []
+        for state, draft in zip(states, drafts, strict=True):
+            ids = (*state.contexts[self.small], *draft.token_ids)
+            if not ids or ids[-1] != prm.step_tag_id:
+                ids = (*ids, prm.step_tag_id)
+            requests.append(StepRequest(prompt_token_ids=ids, max_tokens=1))
+        results = await self.engines[prm.name].generate_batch(requests)
+        for state, request, result in zip(states, requests, results, strict=True):
+            self._pay(state, prm.name, request.prompt_token_ids, result)
+        return np.asarray([r.step_score for r in results], dtype=np.float64)
+
     def observe(
         self, states: Sequence[ReasoningState], drafts: Sequence[StepResult]
     ) -> Observation:
@@ -195,10 +214,10 @@ class Controller:
         routing = self.cfg.routing
         prompt_scale = routing.prompt_length_scale or routing.max_total_tokens
         rows = []
-        for state, draft in zip(states, drafts, strict=True):
-            stats = draft_stats(
-                draft.token_logprobs, draft.top_logprobs, draft.text, max_step_tokens
-            )
+        drafted = [
+            draft_stats(d.token_logprobs, d.top_logprobs, d.text, max_step_tokens) for d in drafts
+        ]
+        for state, draft, stats in zip(states, drafts, drafted, strict=True):
             trajectory = TrajectoryStats(
                 step_index=len(state.steps),
                 max_steps=self.cfg.routing.max_steps,
@@ -218,6 +237,7 @@ class Controller:
             features=np.asarray(rows, dtype=np.float32).reshape(len(rows), -1),
             problem_ids=tuple(s.problem.id for s in states),
             step_indices=tuple(len(s.steps) for s in states),
+            first_token_entropy=np.asarray([d.first_token_entropy for d in drafted]),
             questions=tuple(s.problem.question for s in states),
             steps_so_far=tuple(tuple(step.text for step in s.steps) for s in states),
             draft_texts=tuple(d.text for d in drafts),
@@ -300,6 +320,8 @@ class Controller:
         if rule.needs_verifier:
             verifier = await self.verify(states, drafts, self.large)
             obs = dataclasses.replace(obs, verifier_mean_logprob=verifier)
+        if rule.needs_prm:
+            obs = dataclasses.replace(obs, prm_step_score=await self.score_with_prm(states, drafts))
         actions, scores = rule.decide_with_scores(obs)
         actions = np.asarray(actions, dtype=np.int64)
         if rule.num_actions != len(self.models):
@@ -371,9 +393,3 @@ class Controller:
 def _mean(values: Sequence[float]) -> float:
     finite = [v for v in values if math.isfinite(v)]
     return sum(finite) / len(finite) if finite else math.nan
-
-
-def _load_tokenizers(models: Sequence[ModelConfig]) -> dict[str, object]:
-    from transformers import AutoTokenizer
-
-    return {m.name: AutoTokenizer.from_pretrained(m.path, revision=m.revision) for m in models}

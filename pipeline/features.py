@@ -26,6 +26,7 @@ __all__ = [
     "draft_stats",
     "feature_vector",
     "text_embedding",
+    "top_k_entropy",
 ]
 
 FEATURE_NAMES: tuple[str, ...] = (
@@ -36,7 +37,7 @@ FEATURE_NAMES: tuple[str, ...] = (
     "draft/length",  # tokens / max_step_tokens
     "draft/has_final_answer",  # 1 if the draft states a final answer
     "traj/step_fraction",  # step index / max_steps
-    "traj/cost_fraction",  # cost so far / cost scale (e.g. the budget per problem), clipped at 1
+    "traj/cost_fraction",  # cost so far / cost ceiling (a longest large-only trajectory), clipped at 1
     "traj/escalated_fraction",  # fraction of earlier steps written by a larger model
     "traj/min_draft_prob_so_far",  # lowest draft mean_prob of earlier steps (1 at the start)
     "traj/prev_escalated",  # 1 if the previous step was escalated
@@ -53,6 +54,7 @@ class DraftStats:
     mean_entropy: float
     length: float
     has_final_answer: float
+    first_token_entropy: float  # not a feature: the `first_token_entropy` rule's score
 
 
 @dataclass(frozen=True)
@@ -76,13 +78,15 @@ class Observation:
     problem_ids: tuple[str, ...]
     step_indices: tuple[int, ...]
     verifier_mean_logprob: np.ndarray | None = None  # the large model's score of each draft
+    first_token_entropy: np.ndarray | None = None  # each draft's `DraftStats.first_token_entropy`
+    prm_step_score: np.ndarray | None = None  # the process reward model's p(draft is right)
     # Texts, for rules that read them (the testbed's `oracle` grades each draft).
     questions: tuple[str, ...] = ()
     steps_so_far: tuple[tuple[str, ...], ...] = ()  # each trajectory's kept steps
     draft_texts: tuple[str, ...] = ()
 
 
-def _entropy(top_logprobs: Sequence[float]) -> float:
+def top_k_entropy(top_logprobs: Sequence[float]) -> float:
     """Entropy of the top-k distribution renormalized, divided by log(k): 0 = sure, 1 = flat."""
     finite = [lp for lp in top_logprobs if math.isfinite(lp)]
     if len(finite) < 2:
@@ -92,7 +96,7 @@ def _entropy(top_logprobs: Sequence[float]) -> float:
     total = sum(weights)
     probs = [w / total for w in weights]
     entropy = -sum(p * math.log(p) for p in probs if p > 0)
-    return entropy / math.log(len(finite))
+    return min(1.0, entropy / math.log(len(finite)))  # a flat top-k rounds to 1 + 2e-16
 
 
 def draft_stats(
@@ -103,11 +107,12 @@ def draft_stats(
     final_answer_markers: Sequence[str] = ("The answer is", "\\boxed"),
 ) -> DraftStats:
     logprobs = [lp for lp in token_logprobs if math.isfinite(lp)]
+    # GlimpRouter's signal: how unsure the model is as it starts the step.
+    first_entropy = top_k_entropy(top_logprobs[0]) if top_logprobs else 0.0
     if not logprobs:
-        return DraftStats(
-            1.0, 1.0, 1.0, 0.0, 0.0, float(any(m in text for m in final_answer_markers))
-        )
-    entropies = [_entropy(top) for top in top_logprobs] or [0.0]
+        has_answer = float(any(m in text for m in final_answer_markers))
+        return DraftStats(1.0, 1.0, 1.0, 0.0, 0.0, has_answer, first_entropy)
+    entropies = [top_k_entropy(top) for top in top_logprobs] or [0.0]
     return DraftStats(
         mean_prob=math.exp(sum(logprobs) / len(logprobs)),
         min_prob=math.exp(min(logprobs)),
@@ -115,6 +120,7 @@ def draft_stats(
         mean_entropy=sum(entropies) / len(entropies),
         length=min(1.0, len(token_logprobs) / max(1, max_step_tokens)),
         has_final_answer=float(any(m in text for m in final_answer_markers)),
+        first_token_entropy=first_entropy,
     )
 
 

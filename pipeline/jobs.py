@@ -39,15 +39,17 @@ BASELINE_RULES = (
     "random",
     "confidence_threshold",
     "large_likelihood",
+    "first_token_entropy",
+    "prm_threshold",
     "oracle",
 )
 
 # The config sections each stage reads (besides what the stages before it produced).
 _SECTIONS = {
-    "baselines": ("models", "dataset", "routing", "evaluation"),
+    "baselines": ("models", "prm", "dataset", "routing", "evaluation"),
     "train": ("models", "dataset", "routing", "training"),
     "calibrate": ("models", "dataset", "routing", "calibration"),
-    "evaluate": ("models", "dataset", "routing", "evaluation"),
+    "evaluate": ("models", "prm", "dataset", "routing", "evaluation"),
 }
 _AFTER = {"baselines": None, "train": None, "calibrate": "train", "evaluate": "calibrate"}
 

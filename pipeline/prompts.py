@@ -7,9 +7,12 @@ benchmarks add one instruction saying so; the testbed models were trained on bar
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from pipeline.config import ModelConfig
 from pipeline.data import Problem
 
-__all__ = ["STEP_INSTRUCTION", "prompt_text", "prompt_token_ids"]
+__all__ = ["STEP_INSTRUCTION", "load_tokenizers", "prompt_text", "prompt_token_ids"]
 
 STEP_INSTRUCTION = (
     "Solve the problem step by step. Separate consecutive steps with a blank line. "
@@ -32,3 +35,10 @@ def prompt_text(tokenizer, problem: Problem, benchmark: str) -> str:
 def prompt_token_ids(tokenizer, problem: Problem, benchmark: str) -> list[int]:
     """Token ids of the prompt. The template already holds any special tokens it needs."""
     return tokenizer.encode(prompt_text(tokenizer, problem, benchmark), add_special_tokens=False)
+
+
+def load_tokenizers(models: Sequence[ModelConfig]) -> dict[str, object]:
+    """Each model's tokenizer by model name (Hugging Face `AutoTokenizer`)."""
+    from transformers import AutoTokenizer
+
+    return {m.name: AutoTokenizer.from_pretrained(m.path, revision=m.revision) for m in models}

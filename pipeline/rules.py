@@ -11,6 +11,7 @@ largest model of the ladder (action K-1).
 | `random` | uniform, from a hash of (problem, step, seed): escalates a fraction p = 1 - threshold |
 | `confidence_threshold` | 1 - draft mean token probability (STEER-like: escalate when unsure) |
 | `large_likelihood` | 1 - exp(mean logprob of the draft under the large model) (SpecReason-like) |
+| `first_token_entropy` | normalized entropy of the draft's first token's top-k (GlimpRouter-like) |
 | `prm_threshold` | 1 - process reward of the draft (RSD-like; needs a PRM model) |
 | `policy` | p(escalate) of a `RouterPolicy`; the threshold is the calibrated κ |
 | `oracle` | testbed only: a wrong draft (by the step grader) scores a draw in (0, 1] per problem, a right one 0 |
@@ -156,6 +157,21 @@ class LargeLikelihood(ThresholdRule):
         return 1.0 - np.exp(obs.verifier_mean_logprob)
 
 
+@register("first_token_entropy")
+class FirstTokenEntropy(ThresholdRule):
+    """Escalates a draft whose first token the small model was unsure of: GlimpRouter's signal,
+    the entropy of the step's first token (`Observation.first_token_entropy`). GlimpRouter stops
+    after that token; here, like every drafting rule, the whole draft is made and paid for."""
+
+    def scores(self, obs: Observation) -> np.ndarray:
+        if obs.first_token_entropy is None:
+            raise ValueError(
+                "first_token_entropy needs each draft's first-token entropy in the observation "
+                "(Controller.observe fills it)"
+            )
+        return np.asarray(obs.first_token_entropy, dtype=np.float64)
+
+
 def _draw(*parts: object) -> float:
     """A uniform draw in [0, 1) fixed by `parts` (no state: the same inputs, the same draw)."""
     digest = hashlib.sha256("|".join(map(str, parts)).encode()).digest()
@@ -209,12 +225,15 @@ class OracleRule(ThresholdRule):
 
 @register("prm_threshold")
 class PRMThreshold(ThresholdRule):
+    """RSD/TRIM-style: escalate a draft the process reward model doubts. The score is
+    1 − p(right), so threshold 0 escalates every draft and a threshold above 1 none."""
+
     needs_prm = True
 
     def scores(self, obs: Observation) -> np.ndarray:
-        raise NotImplementedError(
-            "prm_threshold: process-reward scoring through the engine layer is not built yet"
-        )
+        if obs.prm_step_score is None:
+            raise ValueError("prm_threshold needs the PRM's scores in the observation")
+        return 1.0 - np.asarray(obs.prm_step_score, dtype=np.float64)
 
 
 @register("policy")

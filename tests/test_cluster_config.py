@@ -32,7 +32,7 @@ def test_cluster_yaml_passes_ray_validation(cluster) -> None:
 def test_every_engine_finds_a_node_type(cluster) -> None:
     offered = [t["resources"] for t in cluster["available_node_types"].values()]
     for path in sorted((REPO / "configs").glob("*.yaml")):
-        for model in load_config(path).models:
+        for model in load_config(path).engine_models:  # the ladder and the PRM
             wanted = dict(model.resources.custom_resources)
             if model.resources.num_gpus:
                 wanted["GPU"] = model.resources.num_gpus

@@ -106,3 +106,29 @@ def test_the_oracle_rule_is_refused_outside_the_testbed(tmp_path: Path) -> None:
     data["evaluation"] = {"rules": ["small_only", "large_only", "oracle"]}
     with pytest.raises(ConfigError, match="'oracle' grades each draft with the testbed"):
         load_config(_write(tmp_path, data))
+
+
+def test_a_prm_behind_an_openai_api_is_refused_with_the_reason(tmp_path: Path) -> None:
+    data = _minimal()
+    data["prm"] = {
+        "path": "Qwen/Qwen2.5-Math-PRM-7B",
+        "engine": "openai",
+        "api_base": "http://127.0.0.1:9/v1",
+        "step_tag_id": 151651,
+        "cost": {"parameters": 7e9},
+    }
+    with pytest.raises(ConfigError, match="pooling"):
+        load_config(_write(tmp_path, data))
+
+
+def test_the_prm_needs_the_cost_models_inputs_and_a_name_of_its_own(tmp_path: Path) -> None:
+    data = _minimal()
+    data["prm"] = {"path": "p", "step_tag_id": 7}
+    with pytest.raises(ConfigError, match="prm.*cost.parameters"):
+        load_config(_write(tmp_path, data))
+    data["prm"] |= {"name": "large", "cost": {"parameters": 1e6}}
+    with pytest.raises(ConfigError, match="also a model of the ladder"):
+        load_config(_write(tmp_path, data))
+    data["prm"]["name"] = "prm"
+    cfg = load_config(_write(tmp_path, data))
+    assert [m.name for m in cfg.engine_models] == ["small", "large", "prm"]

@@ -119,6 +119,20 @@ def test_large_likelihood_scores_drafts_with_the_large_model(controller, problem
     assert len(set(scores)) > 1  # real, draft-dependent scores
 
 
+def test_observe_gives_every_draft_its_first_token_entropy(controller, problems) -> None:
+    from pipeline.features import top_k_entropy
+
+    states = [controller.start(p) for p in problems[:4]]
+    drafts = asyncio.run(controller.draft(states))
+    obs = controller.observe(states, drafts)
+    assert obs.first_token_entropy is not None and obs.first_token_entropy.shape == (4,)
+    for value, draft in zip(obs.first_token_entropy, drafts, strict=True):
+        assert len(draft.top_logprobs[0]) > 1  # the engine returned the first token's top-k
+        assert value == top_k_entropy(draft.top_logprobs[0])
+    scores = make_rule("first_token_entropy").scores(obs)
+    np.testing.assert_array_equal(scores, obs.first_token_entropy)
+
+
 def test_draft_embedding_flag_widens_the_observation(
     testbed_cfg, testbed_engines, problems
 ) -> None:

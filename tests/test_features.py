@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -11,6 +12,7 @@ from pipeline.features import (
     TrajectoryStats,
     draft_stats,
     feature_vector,
+    top_k_entropy,
 )
 
 logprob = st.floats(-30, 0, allow_nan=False)
@@ -61,6 +63,27 @@ def test_confident_draft_scores_higher_than_unsure_one() -> None:
     unsure = draft_stats([-0.01, -1.5], [[-0.01, -5.0], [-0.3, -1.4]], "1+1=3", 32)
     assert sure.mean_prob > unsure.mean_prob and sure.min_prob > unsure.min_prob
     assert sure.mean_entropy < unsure.mean_entropy
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    top=st.lists(st.one_of(logprob, st.just(-math.inf)), max_size=20),
+    k=st.integers(2, 20),
+    level=logprob,
+)
+def test_top_k_entropy_is_0_when_sure_1_when_flat_and_in_between(top, k, level) -> None:
+    assert 0.0 <= top_k_entropy(top) <= 1.0
+    assert top_k_entropy([level] + [-math.inf] * (k - 1)) == 0.0  # one-hot top-k
+    assert top_k_entropy([level] + [level - 800.0] * (k - 1)) == 0.0  # the rest underflow
+    assert top_k_entropy([level] * k) == pytest.approx(1.0)  # uniform top-k
+
+
+def test_first_token_entropy_is_the_first_tokens_top_k_entropy() -> None:
+    top = [[-0.01, -5.0], [-0.7, -0.7], [-0.1, -2.5]]
+    draft = draft_stats([-0.01, -0.7, -0.1], top, "1+1=2", 32)
+    assert draft.first_token_entropy == top_k_entropy(top[0])
+    assert draft.first_token_entropy < draft.mean_entropy  # the flat second token adds the rest
+    assert draft_stats([], [], "", 32).first_token_entropy == 0.0
 
 
 def test_final_answer_flag() -> None:

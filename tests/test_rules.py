@@ -10,7 +10,9 @@ from pipeline.policy import RouterPolicy
 from pipeline.rules import NEVER, RULES, RoutingRule, make_rule, register
 
 
-def _obs(n: int, mean_prob: float | np.ndarray = 0.9, verifier=None) -> Observation:
+def _obs(
+    n: int, mean_prob: float | np.ndarray = 0.9, verifier=None, first_entropy=None
+) -> Observation:
     features = np.full((n, NUM_FEATURES), 0.5, dtype=np.float32)
     features[:, FEATURE_NAMES.index("draft/mean_prob")] = mean_prob
     return Observation(
@@ -18,6 +20,7 @@ def _obs(n: int, mean_prob: float | np.ndarray = 0.9, verifier=None) -> Observat
         problem_ids=tuple(f"p{i}" for i in range(n)),
         step_indices=(0,) * n,
         verifier_mean_logprob=verifier,
+        first_token_entropy=first_entropy,
     )
 
 
@@ -32,8 +35,14 @@ def test_unknown_rule_error_lists_the_known_ones() -> None:
 
 
 def test_every_threshold_rule_runs_from_never_to_always() -> None:
-    obs = _obs(50, np.linspace(0.01, 0.99, 50), verifier=np.linspace(-3, 0, 50))
-    for name in ("random", "confidence_threshold", "large_likelihood", "policy"):
+    obs = _obs(
+        50,
+        np.linspace(0.01, 0.99, 50),
+        verifier=np.linspace(-3, 0, 50),
+        first_entropy=np.linspace(0, 1, 50),
+    )
+    rules = ("random", "confidence_threshold", "large_likelihood", "first_token_entropy", "policy")
+    for name in rules:
         rule = make_rule(name)
         assert rule.with_threshold(NEVER).decide(obs).sum() == 0, name
         assert (rule.with_threshold(0.0).decide(obs) == 1).all(), name
@@ -63,6 +72,22 @@ def test_large_likelihood_needs_the_verifier_scores() -> None:
         make_rule("large_likelihood").decide(_obs(2))
 
 
+def test_first_token_entropy_escalates_the_drafts_that_start_unsure() -> None:
+    entropies = np.array([0.4, 0.05, 0.9, 0.0, 0.6])
+    obs = _obs(5, first_entropy=entropies)
+    rule = make_rule("first_token_entropy")
+    scores = rule.scores(obs)
+    np.testing.assert_array_equal(np.argsort(scores), np.argsort(entropies))
+    assert (rule.with_threshold(0.0).decide(obs) == 1).all()
+    assert rule.with_threshold(1.01).decide(obs).sum() == 0
+    assert rule.with_threshold(0.5).decide(obs).tolist() == [0, 0, 1, 0, 1]
+
+
+def test_first_token_entropy_needs_the_entropies_in_the_observation() -> None:
+    with pytest.raises(ValueError, match="first-token entropy"):
+        make_rule("first_token_entropy").decide(_obs(2))
+
+
 def test_policy_rule_round_trips_a_saved_policy(tmp_path) -> None:
     policy = RouterPolicy(hidden_sizes=(8,))
     policy.save(tmp_path / "p")
@@ -89,6 +114,7 @@ def test_registry_holds_every_documented_rule() -> None:
         "random",
         "confidence_threshold",
         "large_likelihood",
+        "first_token_entropy",
         "prm_threshold",
         "policy",
     } <= set(RULES)

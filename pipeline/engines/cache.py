@@ -35,6 +35,7 @@ _SCHEMA = pa.schema(
         ("prompt_tokens", pa.int64()),
         ("cached_prompt_tokens", pa.int64()),
         ("prompt_logprobs", pa.list_(pa.float64())),
+        ("step_score", pa.float64()),  # absent in shards written before PRMs: read as null
     ]
 )
 
@@ -115,6 +116,7 @@ class StepCache:
             rows["prompt_tokens"].append(r.prompt_tokens)
             rows["cached_prompt_tokens"].append(r.cached_prompt_tokens)
             rows["prompt_logprobs"].append(list(r.prompt_logprobs))
+            rows["step_score"].append(r.step_score)
         table = pa.table(rows, schema=_SCHEMA)
         # Shard names sort by creation: a zero-padded count, then a random suffix so that two
         # writers sharing a folder never collide.
@@ -156,6 +158,7 @@ class StepCache:
                     prompt_tokens=row["prompt_tokens"],
                     cached_prompt_tokens=row["cached_prompt_tokens"],
                     prompt_logprobs=tuple(row["prompt_logprobs"]),
+                    step_score=row["step_score"],
                 )
         if shards:
             log.info(

@@ -6,14 +6,19 @@ in-process path of `pipeline.engines.launch` build their engine here.
 
 from __future__ import annotations
 
-from pipeline.config import ModelConfig
+from pipeline.config import ModelConfig, PRMConfig
 from pipeline.engines.types import StepEngine
 
 __all__ = ["local_engine"]
 
 
 def local_engine(model: ModelConfig) -> StepEngine:
-    """The engine for `model`, in this process: vLLM, or an OpenAI-compatible endpoint."""
+    """The engine for `model`, in this process: vLLM, or an OpenAI-compatible endpoint; a
+    process reward model (`PRMConfig`) is vLLM's pooling runner."""
+    if isinstance(model, PRMConfig):
+        from pipeline.engines.prm_engine import VLLMPRMEngine
+
+        return VLLMPRMEngine(model)
     if model.engine == "openai":
         from pipeline.engines.openai_engine import OpenAIEngine
 

@@ -54,6 +54,8 @@ class StepResult:
     prompt_tokens: int = 0
     cached_prompt_tokens: int = 0  # prompt tokens served from the engine's prefix cache
     prompt_logprobs: tuple[float, ...] = ()  # logprobs of the last `score_tokens` prompt tokens
+    # A process reward model's answer (it generates nothing): p(the prompt's last step is right).
+    step_score: float | None = None
 
 
 def model_fingerprint(path: str, revision: str | None, dtype: str) -> str:

@@ -94,9 +94,8 @@ def evaluate(
     cache = StepCache(cfg.step_cache_dir)
 
     async def main() -> tuple[pd.DataFrame, dict[str, str]]:
-        async with engine_pool(
-            cfg.models, use_ray=ev.use_ray, cache=cache, engines=engines
-        ) as live:
+        models = cfg.engine_models if "prm_threshold" in rules else cfg.models
+        async with engine_pool(models, use_ray=ev.use_ray, cache=cache, engines=engines) as live:
             controller = Controller(cfg, live)
             return await evaluate_with(cfg, controller, problems, rules, progress, policies)
 

@@ -17,6 +17,7 @@ from pipeline.config import ExperimentConfig
 from pipeline.evaluation.running import EvaluationResult, policy_folder
 from pipeline.evaluation.summary import (
     calibrated_outcomes,
+    policy_vs_prm,
     results_digest,
     seed_rows,
     seed_spread,
@@ -109,6 +110,7 @@ def report_markdown(
     lines = _points_section(cfg, result, label)
     lines += _curve_metrics_section(result)
     lines += _cost_models_section(result)
+    lines += _policy_vs_prm_section(result)
     lines += _seeds_section(result)
     lines += _calibrated_section(cfg, result, acc_large)
     lines += _notes_section(cfg, result)
@@ -221,6 +223,29 @@ def _seeds_section(result: EvaluationResult) -> list[str]:
             f"{format_metric(s['auc'])} | {format_metric(s['cost_at_large_accuracy'])} |"
         )
     return lines
+
+
+def _policy_vs_prm_section(result: EvaluationResult) -> list[str]:
+    versus = policy_vs_prm(result.results, result.summary)
+    if versus is None:
+        return []
+    fmt = format_metric
+    return [
+        "",
+        "## Policy vs PRM",
+        "",
+        "The learned policy (the seeds' mean where there are seeds) beside the process-reward-model "
+        "router (`prm_threshold`), whose cost includes scoring every draft with the PRM; "
+        "cost@large is also shown as if that scoring were free.",
+        "",
+        "| | APGR | cost@large | cost@large, PRM scoring free |",
+        "| --- | ---: | ---: | ---: |",
+        f"| policy | {fmt(versus.policy_apgr)} | {fmt(versus.policy_cost_at_large)} | — |",
+        f"| prm_threshold | {fmt(versus.prm_apgr)} | {fmt(versus.prm_cost_at_large)} | "
+        f"{fmt(versus.prm_cost_at_large_unscored)} |",
+        "",
+        f"Verdict: {versus.verdict}.",
+    ]
 
 
 def _calibrated_section(

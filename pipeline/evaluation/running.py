@@ -22,10 +22,16 @@ from pipeline.trajectory import ReasoningState
 
 __all__ = ["EvaluationResult", "evaluate_with", "policy_folder", "seed_policies"]
 
-SKIPPED_RULES = {
-    "prm_threshold": "no process reward model is configured (none fits the testbed), and PRM "
-    "scoring through the engine layer is not built yet",
-}
+
+def why_not_run(name: str, cfg: ExperimentConfig, controller: Controller) -> str | None:
+    """Why rule `name` cannot run here, or None: only a PRM rule without a PRM."""
+    if name != "prm_threshold":
+        return None
+    if cfg.prm is None:
+        return "no process reward model is configured (`prm:` in the config)"
+    if cfg.prm.name not in controller.engines:
+        return f"the engines given hold no engine for the PRM '{cfg.prm.name}'"
+    return None
 
 
 @dataclass
@@ -60,6 +66,10 @@ def _rows(label: str, threshold: float, states: list[ReasoningState], controller
                 "problem_id": state.problem.id,
                 "correct": controller.is_correct(state),
                 "cost": state.cost,
+                # what scoring with the process reward model cost (in `cost`; 0 for other rules)
+                "prm_cost": state.cost_by_model.get(controller.cfg.prm.name, 0.0)
+                if controller.cfg.prm
+                else 0.0,
                 **{f"cost_{name}": value for name, value in sorted(state.costs.items())},
                 "steps": len(state.steps),
                 "escalations": state.escalations,
@@ -128,8 +138,8 @@ async def evaluate_with(
 
     policy_dir = policy_folder(cfg)
     for name in dict.fromkeys(["small_only", "large_only", *rules]):
-        if name in SKIPPED_RULES and name in rules:
-            skipped[name] = SKIPPED_RULES[name]
+        if name in rules and (why := why_not_run(name, cfg, controller)):
+            skipped[name] = why
             continue
         if name == "policy" and policies:
             for label, folder in policies.items():

@@ -5,6 +5,7 @@ the calibrated points as measured here, and a digest of the per-problem results.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 
 import pandas as pd
 
@@ -12,7 +13,9 @@ from pipeline import metrics
 from pipeline.calibration import OperatingPoint
 
 __all__ = [
+    "PolicyVsPRM",
     "calibrated_outcomes",
+    "policy_vs_prm",
     "operating_points",
     "results_digest",
     "seed_rows",
@@ -127,3 +130,46 @@ def calibrated_outcomes(
         cost, acc = float(here.cost_normalized.iloc[0]), float(here.accuracy.iloc[0])
         outcomes.append((p, cost, acc, p.met(cost, acc, acc_large)))
     return outcomes
+
+
+COMPARABLE_APGR = 0.02  # "comparable": the policy's APGR within this of the PRM router's or above
+
+
+@dataclass(frozen=True)
+class PolicyVsPRM:
+    """The paper's second claim, measured: the policy (the seeds' mean where there are seeds)
+    beside the PRM router, cost@large with and without the PRM's scoring cost."""
+
+    policy_apgr: float
+    prm_apgr: float
+    policy_cost_at_large: float
+    prm_cost_at_large: float
+    prm_cost_at_large_unscored: float  # as if scoring with the PRM were free
+
+    @property
+    def verdict(self) -> str:
+        gap = self.policy_apgr - self.prm_apgr
+        if gap > COMPARABLE_APGR:
+            return f"the policy is better (APGR +{gap:.3f})"
+        if gap >= -COMPARABLE_APGR:
+            return f"comparable (APGR within {COMPARABLE_APGR}: {gap:+.3f})"
+        return f"the PRM router is better (APGR {gap:+.3f})"
+
+
+def policy_vs_prm(results: pd.DataFrame, summary: pd.DataFrame) -> PolicyVsPRM | None:
+    """None unless both the PRM router and the policy (or its seeds) ran."""
+    rules = summary.rule.astype(str)
+    policy = summary[(rules == "policy") | rules.str.startswith("policy/seed-")]
+    prm = summary[rules == "prm_threshold"]
+    if policy.empty or prm.empty or "apgr" not in summary:
+        return None
+    unscored = results.assign(cost=results.cost - results.prm_cost)
+    _, free = summarize(unscored[unscored.rule.isin(["small_only", "large_only", "prm_threshold"])])
+    free_row = free[free.rule == "prm_threshold"].iloc[0]
+    return PolicyVsPRM(
+        policy_apgr=float(policy.apgr.mean()),
+        prm_apgr=float(prm.apgr.iloc[0]),
+        policy_cost_at_large=float(policy.cost_at_large_accuracy.mean()),
+        prm_cost_at_large=float(prm.cost_at_large_accuracy.iloc[0]),
+        prm_cost_at_large_unscored=float(free_row.cost_at_large_accuracy),
+    )

@@ -1,0 +1,57 @@
+"""`prm_threshold` through the controller with the committed testbed PRM in a real vLLM pooling
+engine (a shared `EngineActor`): its ends, and its scoring cost in the trajectory."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from pipeline.controller import Controller
+from pipeline.data import load_split
+from pipeline.engines.launch import start_engines
+from pipeline.rules import NEVER, make_rule
+
+PROBLEMS = 12
+
+
+@pytest.fixture(scope="module")
+def prm_controller(testbed_cfg, testbed_engines, ray_session):
+    prm = start_engines([testbed_cfg.prm], use_ray=True)
+    yield Controller(testbed_cfg, {**testbed_engines, **prm})
+    for engine in prm.values():
+        ray_session.kill(engine.actor, no_restart=True)
+
+
+@pytest.fixture(scope="module")
+def problems(testbed_cfg):
+    return load_split(testbed_cfg.dataset, "test")[:PROBLEMS]
+
+
+def _run(controller, problems, rule):
+    return asyncio.run(controller.run(problems, rule, concurrency=PROBLEMS))
+
+
+def test_prm_threshold_zero_escalates_every_draft_and_one_keeps_every_draft(
+    prm_controller, problems
+) -> None:
+    everything = _run(prm_controller, problems, make_rule("prm_threshold", threshold=0.0))
+    assert all(s.escalations == len(s.steps) for s in everything)
+    nothing = _run(prm_controller, problems, make_rule("prm_threshold", threshold=1.0))
+    small = _run(prm_controller, problems, make_rule("small_only"))
+    assert all(s.escalations == 0 for s in nothing)
+    assert [s.solution for s in nothing] == [s.solution for s in small]
+
+
+def test_the_prm_scoring_cost_is_part_of_the_trajectory_cost(prm_controller, problems) -> None:
+    scored = _run(prm_controller, problems, make_rule("prm_threshold", threshold=NEVER))
+    small = _run(prm_controller, problems, make_rule("small_only"))
+    name = prm_controller.cfg.prm.name
+    for with_prm, alone in zip(scored, small, strict=True):
+        paid = with_prm.cost_by_model[name]
+        assert paid > 0
+        assert with_prm.cost == pytest.approx(alone.cost + paid)
+        # every cost model charges the PRM's forward pass; none is left out
+        assert set(with_prm.costs) == set(alone.costs)
+        assert all(with_prm.costs[m] >= alone.costs[m] for m in alone.costs)
+        assert sum(s.score is not None for s in with_prm.steps) == len(with_prm.steps)
