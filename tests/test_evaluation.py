@@ -230,3 +230,46 @@ def test_cli_rejects_malformed_seeds() -> None:
     for bad in ("a,b", "1,1"):
         result = CliRunner().invoke(app, ["evaluate", "--seeds", bad])
         assert result.exit_code != 0 and "--seeds" in result.output, result.output
+
+
+def test_policy_vs_prm_takes_the_prm_scoring_cost_out_only_where_asked() -> None:
+    from pipeline.evaluation.summary import policy_vs_prm, summarize
+
+    rows = []
+
+    def add(rule, threshold, correct, cost, prm_cost=0.0):
+        for i, (c, x) in enumerate(zip(correct, cost, strict=True)):
+            rows.append(
+                {
+                    "rule": rule,
+                    "threshold": threshold,
+                    "problem_id": str(i),
+                    "correct": c,
+                    "cost": x + prm_cost,
+                    "prm_cost": prm_cost,
+                    "steps": 4,
+                    "escalations": 1,
+                }
+            )
+
+    add("small_only", float("nan"), [1, 0, 0, 0], [1.0] * 4)
+    add("large_only", float("nan"), [1, 1, 1, 1], [10.0] * 4)
+    add("prm_threshold", 0.5, [1, 1, 1, 0], [3.0] * 4, prm_cost=4.0)
+    add("prm_threshold", 0.0, [1, 1, 1, 1], [6.0] * 4, prm_cost=4.0)
+    add("policy", 0.5, [1, 1, 1, 0], [3.0] * 4)
+    add("policy", 0.0, [1, 1, 1, 1], [6.0] * 4)
+    results = pd.DataFrame(rows)
+    _, summary = summarize(results)
+    versus = policy_vs_prm(results, summary)
+    # without its scoring cost the PRM router's curve is the policy's, point for point
+    assert versus.prm_cost_at_large_unscored == pytest.approx(versus.policy_cost_at_large)
+    assert versus.prm_cost_at_large > versus.prm_cost_at_large_unscored + 0.3
+    assert versus.prm_apgr_unscored == pytest.approx(versus.policy_apgr)
+    assert versus.prm_apgr < versus.policy_apgr
+    assert versus.verdict.startswith("the policy is better")
+    assert (
+        policy_vs_prm(
+            results[results.rule != "prm_threshold"], summary[summary.rule != "prm_threshold"]
+        )
+        is None
+    )

@@ -236,13 +236,13 @@ def _policy_vs_prm_section(result: EvaluationResult) -> list[str]:
         "",
         "The learned policy (the seeds' mean where there are seeds) beside the process-reward-model "
         "router (`prm_threshold`), whose cost includes scoring every draft with the PRM; "
-        "cost@large is also shown as if that scoring were free.",
+        "APGR and cost@large are also shown as if that scoring were free.",
         "",
-        "| | APGR | cost@large | cost@large, PRM scoring free |",
-        "| --- | ---: | ---: | ---: |",
-        f"| policy | {fmt(versus.policy_apgr)} | {fmt(versus.policy_cost_at_large)} | — |",
+        "| | APGR | cost@large | APGR, PRM scoring free | cost@large, PRM scoring free |",
+        "| --- | ---: | ---: | ---: | ---: |",
+        f"| policy | {fmt(versus.policy_apgr)} | {fmt(versus.policy_cost_at_large)} | — | — |",
         f"| prm_threshold | {fmt(versus.prm_apgr)} | {fmt(versus.prm_cost_at_large)} | "
-        f"{fmt(versus.prm_cost_at_large_unscored)} |",
+        f"{fmt(versus.prm_apgr_unscored)} | {fmt(versus.prm_cost_at_large_unscored)} |",
         "",
         f"Verdict: {versus.verdict}.",
     ]

@@ -145,6 +145,7 @@ class PolicyVsPRM:
     policy_cost_at_large: float
     prm_cost_at_large: float
     prm_cost_at_large_unscored: float  # as if scoring with the PRM were free
+    prm_apgr_unscored: float
 
     @property
     def verdict(self) -> str:
@@ -172,4 +173,5 @@ def policy_vs_prm(results: pd.DataFrame, summary: pd.DataFrame) -> PolicyVsPRM |
         policy_cost_at_large=float(policy.cost_at_large_accuracy.mean()),
         prm_cost_at_large=float(prm.cost_at_large_accuracy.iloc[0]),
         prm_cost_at_large_unscored=float(free_row.cost_at_large_accuracy),
+        prm_apgr_unscored=float(free_row.apgr),
     )
