@@ -10,35 +10,30 @@ and cost accounting as the generators.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 
 from pipeline.config import PRMConfig
-from pipeline.engines.types import StepRequest, StepResult, model_fingerprint
-from pipeline.engines.vllm_engine import configure_cpu_environment, engine_kwargs
+from pipeline.engines.types import StepRequest, StepResult
+from pipeline.engines.vllm_engine import VLLMEngine, engine_kwargs
 
 __all__ = ["VLLMPRMEngine"]
 
 _request_ids = itertools.count()
 
 
-class VLLMPRMEngine:
-    def __init__(self, model: PRMConfig) -> None:
-        configure_cpu_environment()
-        from vllm import AsyncEngineArgs
-        from vllm.config import PoolerConfig
-        from vllm.v1.engine.async_llm import AsyncLLM
+class VLLMPRMEngine(VLLMEngine):
+    """`VLLMEngine` with vLLM's pooling runner: `generate` scores instead of generating;
+    batching, prefix-cache reset and close are the generator's."""
 
-        args = AsyncEngineArgs(
-            **engine_kwargs(model),
-            runner="pooling",
-            pooler_config=PoolerConfig(step_tag_id=model.step_tag_id),
-        )
-        self._engine = AsyncLLM.from_engine_args(args)
-        self.max_model_len = self._engine.model_config.max_model_len
-        self.fingerprint = model_fingerprint(model.path, model.revision, model.dtype)
-        self.name = model.name
+    def __init__(self, model: PRMConfig) -> None:
+        super().__init__(model)
         self.step_tag_id = model.step_tag_id
+
+    def _engine_args(self, model: PRMConfig) -> dict:
+        from vllm.config import PoolerConfig
+
+        pooling = PoolerConfig(step_tag_id=model.step_tag_id)
+        return engine_kwargs(model) | {"runner": "pooling", "pooler_config": pooling}
 
     async def generate(self, request: StepRequest) -> StepResult:
         """Score the last step of `request.prompt_token_ids` (which must end at a step tag)."""
@@ -68,14 +63,3 @@ class VLLMPRMEngine:
             cached_prompt_tokens=final.num_cached_tokens or 0,
             step_score=float(rows[-1, 1]),
         )
-
-    async def generate_batch(self, requests: list[StepRequest]) -> list[StepResult]:
-        return list(await asyncio.gather(*(self.generate(r) for r in requests)))
-
-    async def reset_prefix_cache(self) -> None:
-        await self._engine.reset_prefix_cache()
-
-    async def close(self) -> None:
-        if self._engine is not None:
-            self._engine.shutdown()
-            self._engine = None

@@ -60,11 +60,14 @@ class VLLMEngine:
         from vllm import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        args = AsyncEngineArgs(**engine_kwargs(model))
+        args = AsyncEngineArgs(**self._engine_args(model))
         self._engine = AsyncLLM.from_engine_args(args)
         self.max_model_len = self._engine.model_config.max_model_len
         self.fingerprint = model_fingerprint(model.path, model.revision, model.dtype)
         self.name = model.name
+
+    def _engine_args(self, model: ModelConfig) -> dict:
+        return engine_kwargs(model)
 
     async def generate(self, request: StepRequest) -> StepResult:
         from vllm import SamplingParams
