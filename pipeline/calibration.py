@@ -1,7 +1,8 @@
-"""Threshold calibration: pick the policy's threshold κ to meet a cost budget or an accuracy target.
+"""Threshold calibration: pick a thresholded rule's κ (the policy's, or a baseline's such as
+prm_threshold) to meet a cost budget or an accuracy target.
 
 Input: for each candidate κ, the per-problem normalized cost and correctness measured on the
-calibration split (`pipeline.calibration_run` runs the controller with `PolicyRule(κ)`; the
+calibration split (`pipeline.calibration_run` runs the controller with the rule at κ; the
 step cache makes the grid cheap). This module only computes on those rows. Escalating more (lower κ) costs more, so the cheapest operating point that meets an
 accuracy target is the largest κ that meets it, and the most accurate one within a budget is
 the smallest κ whose cost stays under it.
@@ -48,7 +49,7 @@ __all__ = [
 
 @dataclass(frozen=True)
 class GridPoint:
-    """Per-problem outcomes of the policy at one threshold on the calibration split."""
+    """Per-problem outcomes of a rule at one threshold on the calibration split."""
 
     kappa: float
     cost: np.ndarray  # normalized cost per problem
@@ -60,7 +61,8 @@ TARGETS = ("budget", "accuracy_x_large", "accuracy")
 
 @dataclass(frozen=True)
 class OperatingPoint:
-    """A calibrated κ and what it was chosen for. `target` says what the point guarantees:
+    """A calibrated κ of a thresholded rule (`rule`: the policy, or a baseline such as
+    prm_threshold) and what it was chosen for. `target` says what the point guarantees:
 
         budget            mean normalized cost ≤ target_value               name budget-0.3
         accuracy_x_large  accuracy ≥ target_value × large-only accuracy    name accuracy-0.99xlarge
@@ -82,6 +84,7 @@ class OperatingPoint:
     knee: bool = False  # the chosen point furthest above the small-to-large chord (Serve default)
     target: str | None = None  # one of TARGETS; None: read from the name
     target_value: float | None = None
+    rule: str = "policy"  # the thresholded rule κ belongs to (`routing.rule`), e.g. prm_threshold
 
     def __post_init__(self) -> None:
         if self.target is None:
@@ -326,15 +329,18 @@ def load_operating_points(folder: str | Path) -> list[OperatingPoint]:
 # ---------------------------------------------------------------------------- from grid rows
 
 
-def choose_points(cfg, rows) -> list[OperatingPoint]:
-    """One operating point per budget and per accuracy target, from `policy_grid` rows."""
+def choose_points(cfg, rows, rule: str = "policy") -> list[OperatingPoint]:
+    """One operating point of `rule` per budget and per accuracy target, from `rule_grid` rows
+    (the rule at every κ of its grid, beside small-only and large-only)."""
     cal = cfg.calibration
     large = rows[rows.rule == "large_only"]
     large_cost, large_accuracy = float(large.cost.mean()), float(large.correct.mean())
     grid = [
         GridPoint(float(kappa), group.cost.to_numpy() / large_cost, group.correct.to_numpy(float))
-        for kappa, group in rows[rows.rule == "policy"].groupby("threshold")
+        for kappa, group in rows[rows.rule == rule].groupby("threshold")
     ]
+    if not grid:
+        raise ValueError(f"the calibration rows hold no run of rule '{rule}'")
     points = [calibrate_budget(grid, b, cal.method, cal.delta) for b in cal.budgets]
     points += [
         calibrate_accuracy(grid, t * large_accuracy, cal.method, cal.delta, of_large=t)
@@ -342,7 +348,8 @@ def choose_points(cfg, rows) -> list[OperatingPoint]:
     ]
     small = rows[rows.rule == "small_only"]
     small_point = (float(small.cost.mean()) / large_cost, float(small.correct.mean()))
-    return mark_knee([p for p in points if p is not None], small_point, (1.0, large_accuracy))
+    chosen = [replace(p, rule=rule) for p in points if p is not None]
+    return mark_knee(chosen, small_point, (1.0, large_accuracy))
 
 
 def chord_gain(

@@ -1,6 +1,7 @@
-"""Calibrating a trained policy on the engines: run it over the κ grid on the calibration split
-(`policy_grid`), choose the operating points from those rows (`pipeline.calibration`), and
-save them beside the policy (`calibrate_policy`).
+"""Calibrating a thresholded rule on the engines: run it over the κ grid on the calibration
+split (`rule_grid`), choose the operating points from those rows (`pipeline.calibration`), and
+save them: beside the policy for the learned policy (`calibrate_policy`), in
+`<output_dir>/rules/<rule>` for a baseline such as prm_threshold (`calibrate_rule`).
 
 `pipeline.calibration` holds the statistics and reads nothing but rows; this module runs the
 engines, through the evaluation harness, to produce the rows.
@@ -18,31 +19,37 @@ from pipeline.engines.cache import StepCache
 from pipeline.engines.launch import engine_pool
 from pipeline.evaluation import evaluate_with
 
-__all__ = ["calibrate_policy", "policy_grid"]
+__all__ = ["calibrate_policy", "calibrate_rule", "policy_grid", "rule_grid"]
 
 
-def policy_grid(cfg, policy_dir: str | Path, engines: dict | None = None):
-    """Run the policy over the κ grid (`calibration.grid_targets`) on the calibration split,
-    with the small-only and large-only baselines; returns the per-problem rows (evaluation
-    format)."""
+def rule_grid(cfg, rule: str, policy_dir: str | Path | None = None, engines: dict | None = None):
+    """Run `rule` over the κ grid (`calibration.grid_targets`: where those fractions of its
+    first-pass drafts escalate) on the calibration split, with the small-only and large-only
+    baselines; returns the per-problem rows (evaluation format). `policy_dir`: the policy's
+    folder, for rule `policy`."""
     cal = cfg.calibration
-    run_cfg = cfg.model_copy(
-        update={
-            "evaluation": cfg.evaluation.model_copy(
-                update={"policy": str(policy_dir), "escalation_targets": cal.grid_targets}
-            )
-        }
-    )
+    evaluation = {"escalation_targets": cal.grid_targets}
+    if policy_dir is not None:
+        evaluation["policy"] = str(policy_dir)
+    run_cfg = cfg.model_copy(update={"evaluation": cfg.evaluation.model_copy(update=evaluation)})
     problems = load_split(cfg.dataset, "calibration")[: cal.limit]
     cache = StepCache(cfg.step_cache_dir)
 
     async def main():
         use_ray = cfg.evaluation.use_ray
-        async with engine_pool(cfg.models, use_ray=use_ray, cache=cache, engines=engines) as live:
-            rows, _ = await evaluate_with(run_cfg, Controller(cfg, live), problems, ["policy"])
+        models = cfg.models_for([rule])
+        async with engine_pool(models, use_ray=use_ray, cache=cache, engines=engines) as live:
+            rows, skipped = await evaluate_with(run_cfg, Controller(cfg, live), problems, [rule])
+            if rule in skipped:
+                raise ValueError(f"cannot calibrate '{rule}': {skipped[rule]}")
             return rows
 
     return asyncio.run(main())
+
+
+def policy_grid(cfg, policy_dir: str | Path, engines: dict | None = None):
+    """`rule_grid` of the trained policy in `policy_dir`."""
+    return rule_grid(cfg, "policy", policy_dir, engines)
 
 
 def calibrate_policy(
@@ -53,4 +60,16 @@ def calibrate_policy(
     (fractions of large-only accuracy), save them beside the policy."""
     chosen = choose_points(cfg, policy_grid(cfg, policy_dir, engines))
     save_operating_points(chosen, policy_dir)
+    return chosen
+
+
+def calibrate_rule(cfg, rule: str, engines: dict | None = None) -> list[OperatingPoint]:
+    """The same for a baseline rule (no policy folder): its points go to `cfg.rule_dir(rule)`,
+    where evaluation and `steproute serve` (with `routing.rule: <rule>`) read them."""
+    if rule == "policy":
+        raise ValueError("calibrate the policy with calibrate_policy(cfg, policy_dir)")
+    chosen = choose_points(cfg, rule_grid(cfg, rule, engines=engines), rule)
+    folder = cfg.rule_dir(rule)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_operating_points(chosen, folder)
     return chosen

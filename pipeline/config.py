@@ -184,7 +184,23 @@ class DatasetConfig(_Frozen):
         return self
 
 
+CALIBRATED_RULES = (
+    "policy",
+    "confidence_threshold",
+    "large_likelihood",
+    "first_token_entropy",
+    "prm_threshold",
+)
+"""The thresholded rules `steproute calibrate` can calibrate and `steproute serve` can route
+with (`routing.rule`). `random` and `oracle` are yardsticks, not routers."""
+
+
 class RoutingConfig(_Frozen):
+    rule: Literal[CALIBRATED_RULES] = Field(  # type: ignore[valid-type]
+        "policy",
+        description="The thresholded rule that `steproute calibrate` calibrates by default and "
+        "`steproute serve` routes with: the learned policy, or a baseline such as prm_threshold.",
+    )
     max_steps: int = Field(16, ge=1)
     max_total_tokens: int = Field(2048, ge=1)
     budget: float | None = Field(
@@ -416,10 +432,24 @@ class ExperimentConfig(_Frozen):
             raise ValueError(f"prm.name '{self.prm.name}' is also a model of the ladder; rename it")
         return self
 
+    @model_validator(mode="after")
+    def _prm_rule_needs_a_prm(self) -> ExperimentConfig:
+        if self.routing.rule == "prm_threshold" and self.prm is None:
+            raise ValueError(
+                "routing.rule 'prm_threshold' scores each draft with a process reward model, and "
+                "none is configured; fix: add a `prm:` entry or choose another routing.rule"
+            )
+        return self
+
     @property
     def engine_models(self) -> tuple[ModelConfig, ...]:
         """Every model an engine is started for: the ladder, then the PRM when one is set."""
         return self.models + ((self.prm,) if self.prm else ())
+
+    def models_for(self, rules) -> tuple[ModelConfig, ...]:
+        """The models whose engines running `rules` needs: the ladder, and the PRM when a rule
+        scores drafts with it."""
+        return self.engine_models if "prm_threshold" in rules else self.models
 
     @model_validator(mode="after")
     def _oracle_needs_the_testbed(self) -> ExperimentConfig:
@@ -469,6 +499,11 @@ class ExperimentConfig(_Frozen):
         """Where `steproute train --seeds` puts one seed's run: <output_dir>/seeds/seed-<s>
         (its policy in `policy/`, checkpoints in `train/`)."""
         return Path(self.output_dir) / "seeds" / f"seed-{seed}"
+
+    def rule_dir(self, rule: str) -> Path:
+        """Where `steproute calibrate --rule <rule>` saves a baseline rule's operating points:
+        <output_dir>/rules/<rule> (the policy's sit beside the policy)."""
+        return Path(self.output_dir) / "rules" / rule
 
     @property
     def mlflow_uri(self) -> str:

@@ -4,7 +4,8 @@ and were made from the same config.
     baselines   evaluate the baseline rules (small_only, large_only, random, confidence, ...)
                 → <output_dir>/baselines/; also warms the step cache for what follows
     train       RLlib PPO → <output_dir>/policy/
-    calibrate   operating points → <output_dir>/policy/operating_points.json
+    calibrate   operating points → <output_dir>/policy/operating_points.json (and, when
+                routing.rule is a baseline, <output_dir>/rules/<rule>/operating_points.json)
     evaluate    every configured rule, the calibrated policy included → <output_dir>/evaluation/
     serve       (optional) deploy the router on Ray Serve
 
@@ -48,7 +49,7 @@ BASELINE_RULES = (
 _SECTIONS = {
     "baselines": ("models", "prm", "dataset", "routing", "evaluation"),
     "train": ("models", "dataset", "routing", "training"),
-    "calibrate": ("models", "dataset", "routing", "calibration"),
+    "calibrate": ("models", "prm", "dataset", "routing", "calibration"),
     "evaluate": ("models", "prm", "dataset", "routing", "evaluation"),
 }
 _AFTER = {"baselines": None, "train": None, "calibrate": "train", "evaluate": "calibrate"}
@@ -75,10 +76,12 @@ def stage_hash(cfg: ExperimentConfig, stage: str) -> str:
 
 def _outputs(cfg: ExperimentConfig, stage: str) -> tuple[Path, ...]:
     out = Path(cfg.output_dir)
+    served_baseline = cfg.routing.rule != "policy"  # Serve routes with a calibrated baseline
     return {
         "baselines": (out / "baselines" / "report.md", out / "baselines" / "summary.csv"),
         "train": (out / "policy" / "policy.json", out / "policy" / "policy.pt"),
-        "calibrate": (out / "policy" / "operating_points.json",),
+        "calibrate": (out / "policy" / "operating_points.json",)
+        + ((cfg.rule_dir(cfg.routing.rule) / "operating_points.json",) if served_baseline else ()),
         "evaluate": (out / "evaluation" / "report.md", out / "evaluation" / "summary.csv"),
     }[stage]
 
@@ -102,6 +105,16 @@ def _mark(cfg: ExperimentConfig, stage: str, seconds: float) -> None:
     (folder / f"{stage}.json").write_text(json.dumps(record, indent=2))
 
 
+def _calibrate(cfg: ExperimentConfig) -> None:
+    """The policy's operating points and, when `routing.rule` serves a baseline instead (e.g.
+    prm_threshold), that rule's too."""
+    from pipeline.calibration_run import calibrate_policy, calibrate_rule
+
+    calibrate_policy(cfg, Path(cfg.output_dir) / "policy")
+    if cfg.routing.rule != "policy":
+        calibrate_rule(cfg, cfg.routing.rule)
+
+
 def run_pipeline(
     cfg: ExperimentConfig,
     *,
@@ -113,7 +126,6 @@ def run_pipeline(
     """Run every stage not already done for this config; returns what ran and what was kept."""
     import ray
 
-    from pipeline.calibration_run import calibrate_policy
     from pipeline.engines.launch import start_engines
     from pipeline.evaluation import evaluate
     from rllib_env.train import train
@@ -132,7 +144,7 @@ def run_pipeline(
             cfg, rules=baseline_rules, output_dir=out / "baselines", progress=progress
         ),
         "train": lambda: train(cfg, on_iteration=on_iteration),
-        "calibrate": lambda: calibrate_policy(cfg, out / "policy"),
+        "calibrate": lambda: _calibrate(cfg),
         "evaluate": lambda: evaluate(cfg, progress=progress),
     }
     results = []

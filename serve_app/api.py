@@ -240,8 +240,11 @@ def usage(state: ReasoningState) -> dict:
     }
 
 
-def routing_summary(state: ReasoningState, point: str, kappa: float | None) -> dict:
-    """Per step and per model: who wrote what, and what it cost (drafts included)."""
+def routing_summary(
+    state: ReasoningState, point: str, kappa: float | None, rule: str | None = None
+) -> dict:
+    """Per step and per model: who wrote what, and what it cost (drafts, and PRM scoring where
+    the rule scores drafts, included)."""
     models = sorted(set(state.cost_by_model) | {s.model for s in state.steps})
     totals = {
         name: {
@@ -255,6 +258,7 @@ def routing_summary(state: ReasoningState, point: str, kappa: float | None) -> d
     steps = len(state.steps)
     return {
         "operating_point": point,
+        "rule": rule,
         "kappa": kappa,
         "steps": [step_info(i, s) for i, s in enumerate(state.steps)],
         "totals": totals,

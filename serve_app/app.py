@@ -20,12 +20,12 @@ from dataclasses import asdict
 from pathlib import Path
 
 from pipeline.calibration import load_operating_points
-from pipeline.config import ConfigError, ExperimentConfig, load_config
+from pipeline.config import ConfigError, ExperimentConfig, PRMConfig, load_config
 from pipeline.policy import HAND_SET
 from serve_app.engines import EngineServer
 from serve_app.router import Router
 
-__all__ = ["api_keys", "auth_required", "build_app", "policy_dir"]
+__all__ = ["api_keys", "auth_required", "build_app", "policy_dir", "served_points"]
 
 LOOPBACK_NAMES = {"localhost", "ip6-localhost"}
 
@@ -59,6 +59,26 @@ def api_keys(cfg: ExperimentConfig) -> list[str]:
     return keys
 
 
+def served_points(cfg: ExperimentConfig) -> tuple[str | None, list[dict]]:
+    """What the router routes with: (the policy folder or `HAND_SET`, its calibrated points)
+    for `routing.rule: policy`; (None, the rule's points from `steproute calibrate --rule`) for
+    a baseline such as prm_threshold."""
+    rule = cfg.routing.rule
+    if rule == "policy":
+        folder = policy_dir(cfg)
+        return folder, [] if folder == HAND_SET else [
+            asdict(p) for p in load_operating_points(folder)
+        ]
+    folder = cfg.rule_dir(rule)
+    points = load_operating_points(folder)
+    if not points:
+        raise ConfigError(
+            f"serve: routing.rule is '{rule}' but {folder} has no operating_points.json; fix: run "
+            f"`steproute calibrate --rule {rule}` first"
+        )
+    return None, [asdict(p) for p in points]
+
+
 def policy_dir(cfg: ExperimentConfig) -> str:
     """The trained policy folder (with operating_points.json), or `HAND_SET`; the router loads
     it with `pipeline.policy.load_policy`."""
@@ -80,6 +100,7 @@ def policy_dir(cfg: ExperimentConfig) -> str:
 
 
 def _engine_deployment(model, cfg: ExperimentConfig):
+    """One model's `EngineServer` deployment, `engine-<name>` (the PRM's too)."""
     resources = model.resources
     options: dict = {
         "num_cpus": resources.num_cpus,
@@ -92,6 +113,7 @@ def _engine_deployment(model, cfg: ExperimentConfig):
         ray_actor_options=options,
     ).bind(
         model.model_dump(mode="json"),
+        prm=isinstance(model, PRMConfig),
         max_batch_size=cfg.serve.max_batch_size,
         batch_wait_timeout_s=cfg.serve.batch_wait_timeout_s,
     )
@@ -101,11 +123,11 @@ def build_app(args: dict):
     if "config" not in args:
         raise ConfigError("serve_app: the application args need 'config: <experiment YAML>'")
     cfg = load_config(args["config"], args.get("overrides")).with_absolute_paths()
-    folder = policy_dir(cfg)
-    points = [] if folder == HAND_SET else [asdict(p) for p in load_operating_points(folder)]
+    folder, points = served_points(cfg)
     keys = api_keys(cfg)
     engines_app = args.get("engines_app")
-    engines = None if engines_app else {m.name: _engine_deployment(m, cfg) for m in cfg.models}
+    served = cfg.models_for([cfg.routing.rule])  # the PRM, too, when the rule scores with it
+    engines = None if engines_app else {m.name: _engine_deployment(m, cfg) for m in served}
     serve_cfg = cfg.serve
     router_options: dict = {
         # Requests past our own limit must reach the router to get a 429, not wait in a queue.

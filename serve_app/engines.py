@@ -19,7 +19,7 @@ import time
 
 from ray import serve
 
-from pipeline.config import ModelConfig
+from pipeline.config import ModelConfig, PRMConfig
 from pipeline.engines.hosting import EngineHost
 from pipeline.engines.types import StepRequest, StepResult
 
@@ -39,8 +39,15 @@ class EngineServer(EngineHost):
 
     replaced_by = "Serve"
 
-    def __init__(self, model: dict, max_batch_size: int = 64, batch_wait_timeout_s: float = 0.005):
-        super().__init__(ModelConfig.model_validate(model))
+    def __init__(
+        self,
+        model: dict,
+        prm: bool = False,
+        max_batch_size: int = 64,
+        batch_wait_timeout_s: float = 0.005,
+    ):
+        # prm: `model` is a `PRMConfig`, hosted by vLLM's pooling runner (it scores, not writes)
+        super().__init__((PRMConfig if prm else ModelConfig).model_validate(model))
         self.generate.set_max_batch_size(max_batch_size)
         self.generate.set_batch_wait_timeout_s(batch_wait_timeout_s)
 

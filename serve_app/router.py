@@ -116,7 +116,7 @@ class Router:
     def __init__(
         self,
         cfg: dict,
-        policy_dir: str,
+        policy_dir: str | None,
         points: list[dict],
         api_keys: list[str],
         engines: dict | None = None,
@@ -125,7 +125,7 @@ class Router:
         from pipeline.policy import load_policy
 
         self.cfg = ExperimentConfig.model_validate(cfg)
-        self.policy = load_policy(policy_dir)
+        self.policy = load_policy(policy_dir) if policy_dir else None  # None: a baseline rule
         # A sweep's front names a policy folder per point; others use the folder's own policy.
         self.point_policies = {
             p["policy"]: load_policy(p["policy"]) for p in points if p.get("policy")
@@ -157,7 +157,8 @@ class Router:
                 from pipeline.controller import Controller
 
                 engines = {}
-                for model in self.cfg.models:
+                # The ladder, and the PRM when a route scores drafts with it (prm_threshold).
+                for model in self.cfg.models_for({r.rule for r in self.routes.values()}):
                     if self.handles is not None:
                         handle = self.handles[model.name]
                     else:
@@ -224,12 +225,12 @@ class Router:
         choice = req.routing
         if choice is None:
             return route
-        if route.rule != "policy":
+        if not route.routed:
             raise APIError(
                 400, f"'routing' applies to router models, not '{req.model}'", param="routing"
             )
         if choice.kappa is not None:
-            return Route(req.model, "policy", choice.kappa)
+            return Route(req.model, route.rule, choice.kappa)
         budgets = [
             r for r in self.routes.values() if r.budget is not None and r.model_id != "router"
         ]
@@ -246,8 +247,10 @@ class Router:
     def _rule(self, route: Route):
         from pipeline.rules import make_rule
 
-        if route.rule in ("small_only", "large_only"):
+        if not route.routed:
             return make_rule(route.rule)
+        if route.rule != "policy":  # a calibrated baseline, e.g. prm_threshold
+            return make_rule(route.rule, threshold=route.kappa)
         policy = self.policy
         if route.point is not None and route.point.policy:
             policy = self.point_policies[route.point.policy]
@@ -367,8 +370,8 @@ class Router:
 
     def _finish(self, state, route: Route, model: str) -> dict:
         name = route.point.name if route.point else route.rule
-        kappa = route.kappa if route.rule == "policy" else None
-        routing = api.routing_summary(state, name, kappa)
+        kappa = route.kappa if route.routed else None
+        routing = api.routing_summary(state, name, kappa, route.rule)
         if routing["kappa"] is not None and not math.isfinite(routing["kappa"]):
             routing["kappa"] = None  # "never escalate": JSON has no infinity
         self.metrics.count_answer(state, model)

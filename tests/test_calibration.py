@@ -216,3 +216,59 @@ def test_a_point_saved_before_the_target_fields_reads_its_target_from_its_name()
     assert OperatingPoint("budget-0.4", 0.2, "ltt", 0.3, (0, 0.4), 0.9, (0.8, 1), 9).budget == 0.4
     with pytest.raises(ValueError, match="unknown target"):
         OperatingPoint("cheapest", 0.2, "ltt", 0.3, (0, 0.4), 0.9, (0.8, 1), 9)
+
+
+def _grid_rows(rng: np.random.Generator, rule: str, shift: float, n: int = 200) -> pd.DataFrame:
+    """Per-problem rows (evaluation format) of `rule` over KAPPAS; `shift` moves its curve."""
+    frames = []
+    for kappa in KAPPAS:
+        cost = np.clip(rng.normal(true_cost(kappa) + shift, 0.05, n), 0.0, 1.0)
+        correct = rng.random(n) < true_accuracy(kappa)
+        frames.append(
+            pd.DataFrame({"rule": rule, "threshold": kappa, "cost": cost, "correct": correct})
+        )
+    return pd.concat(frames)
+
+
+def test_points_of_a_baseline_rule_come_from_its_rows_and_say_whose_they_are(testbed_cfg) -> None:
+    from pipeline.calibration import choose_points
+
+    rng = np.random.default_rng(0)
+    ends = pd.DataFrame(
+        {
+            "rule": ["small_only"] * 50 + ["large_only"] * 50,
+            "threshold": np.nan,
+            "cost": [0.1] * 50 + [1.0] * 50,
+            "correct": [False] * 25 + [True] * 25 + [True] * 50,
+        }
+    )
+    # The PRM router's costs sit 0.2 above the policy's at every κ (it pays for scoring).
+    rows = pd.concat([ends, _grid_rows(rng, "policy", 0.0), _grid_rows(rng, "prm_threshold", 0.2)])
+    policy = choose_points(testbed_cfg, rows)
+    prm = choose_points(testbed_cfg, rows, "prm_threshold")
+    assert {p.rule for p in policy} == {"policy"} and {p.rule for p in prm} == {"prm_threshold"}
+    by_name = {p.name: p for p in policy}
+    for p in prm:
+        if p.budget is not None:  # the costlier rule needs a higher κ (less escalation) per budget
+            assert p.kappa > by_name[p.name].kappa
+            assert p.expected_cost <= p.budget
+    with pytest.raises(ValueError, match="no run of rule 'confidence_threshold'"):
+        choose_points(testbed_cfg, rows, "confidence_threshold")
+
+
+def test_a_point_saved_before_the_rule_field_is_the_policys(tmp_path) -> None:
+    import json
+
+    saved = {
+        "name": "budget-0.4",
+        "kappa": 0.3,
+        "method": "ltt",
+        "expected_cost": 0.35,
+        "cost_interval": [0.3, 0.4],
+        "expected_accuracy": 0.9,
+        "accuracy_interval": [0.85, 0.95],
+        "problems": 100,
+    }
+    (tmp_path / "operating_points.json").write_text(json.dumps([saved]))
+    (point,) = load_operating_points(tmp_path)
+    assert point.rule == "policy" and point.budget == 0.4

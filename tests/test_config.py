@@ -132,3 +132,23 @@ def test_the_prm_needs_the_cost_models_inputs_and_a_name_of_its_own(tmp_path: Pa
     data["prm"]["name"] = "prm"
     cfg = load_config(_write(tmp_path, data))
     assert [m.name for m in cfg.engine_models] == ["small", "large", "prm"]
+
+
+def test_routing_rule_is_a_calibrated_rule_and_prm_threshold_needs_a_prm(testbed_cfg) -> None:
+    from pydantic import ValidationError
+
+    from pipeline.config import CALIBRATED_RULES, ExperimentConfig
+    from pipeline.rules import RULES, ThresholdRule
+
+    assert all(issubclass(RULES[name], ThresholdRule) for name in CALIBRATED_RULES)
+    data = testbed_cfg.model_dump(mode="json")
+    with pytest.raises(ValidationError, match="routing.rule 'prm_threshold' .* none is configured"):
+        ExperimentConfig.model_validate(
+            data | {"prm": None, "routing": data["routing"] | {"rule": "prm_threshold"}}
+        )
+    with pytest.raises(ValidationError):
+        ExperimentConfig.model_validate(data | {"routing": data["routing"] | {"rule": "oracle"}})
+    served = ExperimentConfig.model_validate(
+        data | {"routing": data["routing"] | {"rule": "prm_threshold"}}
+    )
+    assert served.models_for([served.routing.rule])[-1].name == served.prm.name

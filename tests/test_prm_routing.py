@@ -55,3 +55,36 @@ def test_the_prm_scoring_cost_is_part_of_the_trajectory_cost(prm_controller, pro
         assert set(with_prm.costs) == set(alone.costs)
         assert all(with_prm.costs[m] >= alone.costs[m] for m in alone.costs)
         assert sum(s.score is not None for s in with_prm.steps) == len(with_prm.steps)
+
+
+def test_prm_threshold_is_calibrated_and_evaluated_at_its_points(
+    prm_controller, problems, testbed_cfg, tmp_path
+) -> None:
+    from pipeline.calibration import load_operating_points
+    from pipeline.calibration_run import calibrate_rule
+    from pipeline.evaluation import evaluate_with, points_folder
+
+    # Twelve problems are too few for LTT to certify anything: the empirical (quantile) method.
+    cal = testbed_cfg.calibration.model_copy(
+        update={
+            "limit": PROBLEMS,
+            "method": "quantile",
+            "budgets": (0.7, 0.95),
+            "accuracy_targets": (0.9,),
+            "grid_targets": (0.1, 0.3, 0.5, 0.7, 0.9),
+        }
+    )
+    cfg = testbed_cfg.model_copy(update={"output_dir": str(tmp_path), "calibration": cal})
+    points = calibrate_rule(cfg, "prm_threshold", engines=prm_controller.engines)
+    assert points, "no operating point of prm_threshold met any target"
+    assert {p.rule for p in points} == {"prm_threshold"}
+    assert load_operating_points(cfg.rule_dir("prm_threshold")) == points
+    assert points_folder(cfg, "prm_threshold") == cfg.rule_dir("prm_threshold")
+
+    # Evaluation runs the rule at exactly its calibrated κ, beside its quantile grid.
+    rows, skipped = asyncio.run(
+        evaluate_with(cfg, Controller(cfg, prm_controller.engines), problems, ["prm_threshold"])
+    )
+    assert not skipped
+    ran = set(rows[rows.rule == "prm_threshold"].threshold)
+    assert {p.kappa for p in points} <= ran

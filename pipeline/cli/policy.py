@@ -10,7 +10,7 @@ from rich.table import Table
 
 from pipeline.cli.console import console, fail
 from pipeline.cli.options import parse_seeds
-from pipeline.config import ExperimentConfig, load_config
+from pipeline.config import CALIBRATED_RULES, ExperimentConfig, load_config
 
 
 def train_command(
@@ -78,12 +78,27 @@ def calibrate_command(
         str | None,
         typer.Option(help="Comma-separated seeds: the policies `steproute train --seeds` wrote."),
     ] = None,
+    rule: Annotated[
+        str | None,
+        typer.Option(
+            help="The thresholded rule to calibrate (default: routing.rule): policy, or a "
+            f"baseline ({', '.join(CALIBRATED_RULES[1:])}), saved to <output_dir>/rules/<rule>."
+        ),
+    ] = None,
 ) -> None:
-    """Choose the policy's threshold κ per budget / accuracy target on the calibration split."""
+    """Choose a rule's threshold κ per budget / accuracy target on the calibration split."""
     cfg = load_config(config, {"calibration": {"method": method}} if method else None)
+    rule = rule or cfg.routing.rule
+    if rule not in CALIBRATED_RULES:
+        raise fail(f"--rule '{rule}' cannot be calibrated; choose one of {list(CALIBRATED_RULES)}")
     seed_list = parse_seeds(seeds)
     if seed_list and policy is not None:
         raise fail("give either --policy or --seeds, not both")
+    if rule != "policy":
+        if seed_list or policy is not None:
+            raise fail(f"--policy and --seeds are for the policy, not for --rule {rule}")
+        _calibrate_baseline(cfg, rule)
+        return
     folders = [cfg.seed_dir(s) / "policy" for s in seed_list] or [
         policy or Path(cfg.output_dir) / "policy"
     ]
@@ -91,14 +106,26 @@ def calibrate_command(
         _calibrate_one(cfg, config, folder)
 
 
+def _calibrate_baseline(cfg: ExperimentConfig, rule: str) -> None:
+    from pipeline.calibration_run import calibrate_rule
+
+    if rule == "prm_threshold" and cfg.prm is None:
+        raise fail("prm_threshold needs a process reward model; fix: add a `prm:` entry")
+    _show_points(cfg, calibrate_rule(cfg, rule), cfg.rule_dir(rule), rule)
+
+
 def _calibrate_one(cfg: ExperimentConfig, config: Path, policy: Path) -> None:
     from pipeline.calibration_run import calibrate_policy
 
     if not (policy / "policy.json").exists():
         raise fail(f"no policy in {policy}; fix: run `steproute train --config {config}` first")
-    points = calibrate_policy(cfg, policy)
+    _show_points(cfg, calibrate_policy(cfg, policy), policy, "policy")
+
+
+def _show_points(cfg: ExperimentConfig, points: list, folder: Path, rule: str) -> None:
     label = "TESTBED" if cfg.dataset.name == "testbed" else cfg.dataset.name
-    table = Table(title=f"Operating points ({cfg.calibration.method}, calibration split) — {label}")
+    title = f"Operating points of {rule} ({cfg.calibration.method}, calibration split) — {label}"
+    table = Table(title=title)
     for column in (
         "name",
         "kappa",
@@ -118,4 +145,4 @@ def _calibrate_one(cfg: ExperimentConfig, config: Path, policy: Path) -> None:
             f"[{p.accuracy_interval[0]:.3f}, {p.accuracy_interval[1]:.3f}]",
         )
     console.print(table)
-    console.print(f"saved to {policy / 'operating_points.json'}")
+    console.print(f"saved to {folder / 'operating_points.json'}")

@@ -41,6 +41,7 @@ from pipeline.evaluation.report import (
 from pipeline.evaluation.running import (
     EvaluationResult,
     evaluate_with,
+    points_folder,
     policy_folder,
     seed_policies,
 )
@@ -63,6 +64,7 @@ __all__ = [
     "format_metric",
     "operating_points",
     "plot_rule_curves",
+    "points_folder",
     "policy_folder",
     "seed_policies",
     "seed_spread",
@@ -94,8 +96,9 @@ def evaluate(
     cache = StepCache(cfg.step_cache_dir)
 
     async def main() -> tuple[pd.DataFrame, dict[str, str]]:
-        models = cfg.engine_models if "prm_threshold" in rules else cfg.models
-        async with engine_pool(models, use_ray=ev.use_ray, cache=cache, engines=engines) as live:
+        async with engine_pool(
+            cfg.models_for(rules), use_ray=ev.use_ray, cache=cache, engines=engines
+        ) as live:
             controller = Controller(cfg, live)
             return await evaluate_with(cfg, controller, problems, rules, progress, policies)
 

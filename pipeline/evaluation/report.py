@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 
 from pipeline.calibration import load_operating_points
-from pipeline.config import ExperimentConfig
-from pipeline.evaluation.running import EvaluationResult, policy_folder
+from pipeline.config import CALIBRATED_RULES, ExperimentConfig
+from pipeline.evaluation.running import EvaluationResult, points_folder, policy_folder
 from pipeline.evaluation.summary import (
     calibrated_outcomes,
     policy_vs_prm,
@@ -252,13 +252,19 @@ def _calibrated_section(
     cfg: ExperimentConfig, result: EvaluationResult, acc_large: float
 ) -> list[str]:
     policy_dir = policy_folder(cfg)
-    policies = result.policies or ({"policy": policy_dir} if policy_dir else {})
+    folders = result.policies or ({"policy": policy_dir} if policy_dir else {})
+    # Baselines calibrated with `steproute calibrate --rule` (e.g. prm_threshold), too.
+    folders |= {
+        rule: points_folder(cfg, rule)
+        for rule in result.summary.rule.astype(str)
+        if rule in CALIBRATED_RULES and rule != "policy"
+    }
     lines: list[str] = []
-    for name, folder in policies.items():
+    for name, folder in folders.items():
         calibrated = load_operating_points(folder)
         if not calibrated:
             continue
-        policy_points = result.points[result.points.rule == name]
+        rule_points = result.points[result.points.rule == name]
         lines += [
             "",
             f"## Calibrated operating points on this split: `{name}`",
@@ -271,7 +277,7 @@ def _calibrated_section(
             "accuracy here | target met here | below budget |",
             "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: |",
         ]
-        for p, cost, acc, met in calibrated_outcomes(policy_points, calibrated, acc_large):
+        for p, cost, acc, met in calibrated_outcomes(rule_points, calibrated, acc_large):
             knee = " (knee)" if p.knee else ""
             below = p.budget - cost if p.budget is not None else None
             lines.append(

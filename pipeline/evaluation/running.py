@@ -20,7 +20,7 @@ from pipeline.problem import Problem
 from pipeline.rules import NEVER, RoutingRule, ThresholdRule, make_rule
 from pipeline.trajectory import ReasoningState
 
-__all__ = ["EvaluationResult", "evaluate_with", "policy_folder", "seed_policies"]
+__all__ = ["EvaluationResult", "evaluate_with", "points_folder", "policy_folder", "seed_policies"]
 
 
 def why_not_run(name: str, cfg: ExperimentConfig, controller: Controller) -> str | None:
@@ -122,7 +122,7 @@ async def evaluate_with(
         rows.extend(_rows(label, threshold, states, controller))
         return states
 
-    async def sweep(rule: RoutingRule, label: str, policy_dir: Path | None = None) -> None:
+    async def sweep(rule: RoutingRule, label: str, points_dir: Path | None = None) -> None:
         if not isinstance(rule, ThresholdRule):
             await run(rule, math.nan, label)
             return
@@ -131,8 +131,8 @@ async def evaluate_with(
             thresholds = set(rule.thresholds) | {0.0}
         else:
             thresholds = set(_thresholds(probe, ev.escalation_targets))
-        if policy_dir is not None:  # the calibrated operating points, too
-            thresholds |= {p.kappa for p in load_operating_points(policy_dir)}
+        if points_dir is not None:  # the calibrated operating points, too
+            thresholds |= {p.kappa for p in load_operating_points(points_dir)}
         for threshold in sorted(thresholds, reverse=True):
             await run(rule.with_threshold(threshold), threshold, label)
 
@@ -146,7 +146,7 @@ async def evaluate_with(
                 await sweep(make_rule("policy", policy=str(folder)), label, folder)
             continue
         params = {"policy": str(policy_dir)} if name == "policy" and policy_dir else {}
-        await sweep(make_rule(name, **params), name, policy_dir if params else None)
+        await sweep(make_rule(name, **params), name, points_folder(cfg, name))
     return pd.DataFrame(rows), skipped
 
 
@@ -160,6 +160,12 @@ def seed_policies(cfg: ExperimentConfig, seeds: list[int]) -> dict[str, Path]:
             f"{','.join(map(str, seeds))}` first"
         )
     return policies
+
+
+def points_folder(cfg: ExperimentConfig, rule: str) -> Path | None:
+    """Where rule `rule`'s calibrated operating points are, if anywhere: beside the policy for
+    `policy`, `cfg.rule_dir(rule)` for a baseline calibrated with `steproute calibrate --rule`."""
+    return policy_folder(cfg) if rule == "policy" else cfg.rule_dir(rule)
 
 
 def policy_folder(cfg: ExperimentConfig) -> Path | None:

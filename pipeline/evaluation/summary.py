@@ -115,16 +115,17 @@ def seed_spread(summary: pd.DataFrame, prefix: str = "policy/seed-") -> dict[str
 
 
 def calibrated_outcomes(
-    policy_points: pd.DataFrame, calibrated: list[OperatingPoint], acc_large: float
+    rule_points: pd.DataFrame, calibrated: list[OperatingPoint], acc_large: float
 ) -> list[tuple[OperatingPoint, float, float, bool]]:
     """Each calibrated point as measured here: (point, normalized cost, accuracy, target met).
 
-    The evaluation runs the policy at every calibrated κ itself, so each point is looked up by
-    its exact κ: where the policy's scores crowd near 1, neighbouring κ differ in the seventh
+    `rule_points`: the points rows of the calibrated rule (the policy, a seed's policy or a
+    baseline). The evaluation runs the rule at every calibrated κ itself, so each point is
+    looked up by its exact κ: where the policy's scores crowd near 1, neighbouring κ differ in the seventh
     decimal and a tolerance would read one point's row for another."""
     outcomes = []
     for p in calibrated:
-        here = policy_points[policy_points.threshold == p.kappa]
+        here = rule_points[rule_points.threshold == p.kappa]
         if here.empty:
             continue
         cost, acc = float(here.cost_normalized.iloc[0]), float(here.accuracy.iloc[0])

@@ -52,3 +52,12 @@ def test_the_configured_default_model_wins_over_the_knee(testbed_cfg) -> None:
     bad = cfg.model_copy(update={"serve": cfg.serve.model_copy(update={"default_model": "x"})})
     with pytest.raises(ValueError, match="not one of"):
         build_routes(bad, points)
+
+
+def test_a_baseline_rules_points_route_with_that_rule(testbed_cfg) -> None:
+    points = [replace(_point(b, b, 0.9), rule="prm_threshold") for b in (0.4, 0.7)]
+    routes, default = build_routes(testbed_cfg, points)
+    assert default == "router-b0.40"
+    assert {routes[m].rule for m in ("router", "router-b0.40", "router-b0.70")} == {"prm_threshold"}
+    assert routes["router-b0.70"].routed and not routes["small"].routed
+    assert routes["router"].describe()["rule"] == "prm_threshold"

@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -336,3 +337,61 @@ def test_router_metrics_reach_prometheus(server, ray_session, problems):
             break
         time.sleep(3)
     assert wanted <= names, sorted(n for n in names if "steproute" in n)
+
+
+@pytest.fixture(scope="module")
+def prm_server(server, tmp_path_factory):
+    """A second router on the same Serve instance, at /prm, routing with `prm_threshold`
+    (`routing.rule`) and its own engine deployments: small, large and the testbed PRM."""
+    from ray import serve
+
+    from serve_app.app import build_app
+
+    out = tmp_path_factory.mktemp("prm_run")
+    cfg = load_config(CONFIG, {"output_dir": str(out), "routing": {"rule": "prm_threshold"}})
+    cfg.rule_dir("prm_threshold").mkdir(parents=True)
+    # κ 1.01 keeps every draft (the PRM's doubt is at most 1); κ 0 escalates every draft.
+    points = [_point(0.3, 1.01), _point(0.9, 0.0)]
+    save_operating_points(
+        [replace(p, rule="prm_threshold") for p in points], cfg.rule_dir("prm_threshold")
+    )
+    overrides = {
+        "output_dir": str(out),
+        "routing": {"rule": "prm_threshold"},
+        "serve": {"request_timeout_s": 20},
+    }
+    serve.run(
+        build_app({"config": str(CONFIG), "overrides": overrides}), name="prm", route_prefix="/prm"
+    )
+    yield f"{server}/prm"
+    serve.delete("prm")
+
+
+def test_the_prm_router_serves_its_calibrated_points_and_charges_the_scoring(
+    prm_server, problems, testbed_cfg
+):
+    client = _client(prm_server)
+    models = {m.id: m.model_dump()["routing"] for m in client.models.list()}
+    assert models["router-b0.30"]["rule"] == models["router-b0.90"]["rule"] == "prm_threshold"
+    small = client.chat.completions.create(
+        model="small", messages=[{"role": "user", "content": problems[0].question}]
+    )
+    prm = testbed_cfg.prm.name
+    for model, rate in (("router-b0.30", 0.0), ("router-b0.90", 1.0)):
+        reply = client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": problems[0].question}]
+        )
+        routing = reply.model_dump()["routing"]
+        assert routing["rule"] == "prm_threshold" and routing["escalation_rate"] == rate
+        assert routing["totals"][prm]["cost"] > 0  # every draft was scored, and paid for
+        assert sum(t["cost"] for t in routing["totals"].values()) == pytest.approx(routing["cost"])
+        if rate == 0.0:
+            assert reply.choices[0].message.content == small.choices[0].message.content
+
+
+def test_serving_a_baseline_needs_its_calibrated_points(tmp_path):
+    from serve_app.app import build_app
+
+    overrides = {"output_dir": str(tmp_path), "routing": {"rule": "prm_threshold"}}
+    with pytest.raises(ConfigError, match="steproute calibrate --rule prm_threshold"):
+        build_app({"config": str(CONFIG), "overrides": overrides})
