@@ -25,6 +25,7 @@ __all__ = [
     "ConfigError",
     "CostConfig",
     "DatasetConfig",
+    "EndpointConfig",
     "EvaluationConfig",
     "ExperimentConfig",
     "ModelConfig",
@@ -89,6 +90,43 @@ class CostConfig(_Frozen):
     )
 
 
+class EndpointConfig(_Frozen):
+    """How steproute talks to an OpenAI-compatible server (`engine: openai`)."""
+
+    protocol: Literal["completions", "chat"] = Field(
+        "completions",
+        description="completions: /v1/completions with token-id prompts (vllm serve); chat: "
+        "/v1/chat/completions with the question and the solution so far as messages.",
+    )
+    server: Literal["vllm", "openai"] = Field(
+        "vllm",
+        description="vllm: the server takes vLLM's extra request fields (token ids back, the stop "
+        "string kept, continue_final_message); openai: standard OpenAI fields only.",
+    )
+    prefill: bool = Field(
+        True,
+        description="chat: send the solution so far as a partial assistant message that the "
+        "server continues (vLLM continue_final_message); false: a next-step instruction.",
+    )
+    max_concurrent_requests: int | None = Field(
+        None, ge=1, description="Requests in flight to this server at most (unset: no limit)."
+    )
+    tokens_per_minute: int | None = Field(
+        None,
+        ge=1,
+        description="Prompt + completion tokens sent per minute at most (unset: no limit).",
+    )
+
+    @model_validator(mode="after")
+    def _prefill_needs_vllm(self) -> EndpointConfig:
+        if self.protocol == "chat" and self.prefill and self.server != "vllm":
+            raise ValueError(
+                "endpoint.prefill: an 'openai' server's chat API does not continue a partial "
+                "assistant message; set prefill: false (a next-step instruction) or server: vllm"
+            )
+        return self
+
+
 class ModelConfig(_Frozen):
     """One model of the ladder. `name` is the id used in reports, routing actions and Serve."""
 
@@ -105,6 +143,12 @@ class ModelConfig(_Frozen):
     gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
     api_base: str | None = Field(None, description="OpenAI-compatible base URL (engine: openai).")
     api_key_env: str | None = Field(None, description="Environment variable holding the API key.")
+    endpoint: EndpointConfig = Field(default_factory=EndpointConfig)
+    tokenizer: str | None = Field(
+        None,
+        description="Hugging Face tokenizer for this model's contexts (default: path). A closed "
+        "model has none of its own: name an open one; its costs come from the server's usage.",
+    )
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     cost: CostConfig = Field(default_factory=CostConfig)
@@ -144,6 +188,9 @@ class PRMConfig(ModelConfig):
 
 
 class SplitFractions(_Frozen):
+    """How one source is divided into train / calibration / test, by a hash of each problem's
+    normalized question (the testbed's: of its id). Used when the dataset has no training source."""
+
     train: float = Field(0.6, ge=0, le=1)
     calibration: float = Field(0.2, ge=0, le=1)
     test: float = Field(0.2, ge=0, le=1)
@@ -158,19 +205,59 @@ class SplitFractions(_Frozen):
 
 DatasetName = Literal["gsm8k", "math500", "omnimath", "omnimath_rule", "testbed"]
 
+_TRAINING_ONLY_FIELDS = (
+    "train_file_split",
+    "train_hf_config",
+    "train_hf_split",
+    "train_name",
+    "calibration_fraction",
+)
+"""DatasetConfig fields that only a training source reads."""
+
 
 class DatasetConfig(_Frozen):
+    """The benchmark and its splits. Two protocols:
+
+    - with a training source (`train_source` or `train_hf_id`, the standard protocol for a
+      benchmark with a train set): train and calibration are a hashed split of the training
+      source (`calibration_fraction` of it held out), test is the WHOLE main source, and a
+      training problem whose question the test source also holds is dropped;
+    - without one: the main source is split three ways by `splits`.
+    """
+
     name: DatasetName
     source: str | None = Field(None, description="Local file or folder with the benchmark.")
     file_split: str = Field(
-        "test", description="Which file of a folder source (GSM8K: test/train)."
+        "test", description="Which file of a folder source (GSM8K, MATH: test/train)."
     )
     hf_id: str | None = Field(
         None, description="Hugging Face dataset id, used if source is absent."
     )
     hf_config: str | None = None
     hf_split: str = "test"
-    splits: SplitFractions = Field(default_factory=SplitFractions)
+    train_source: str | None = Field(
+        None, description="Local file or folder with the training problems (standard protocol)."
+    )
+    train_file_split: str = Field(
+        "train", description="Which file of a folder train_source (GSM8K: train)."
+    )
+    train_hf_id: str | None = Field(
+        None,
+        description="Hugging Face id of the training problems, used if train_source is absent.",
+    )
+    train_hf_config: str | None = None
+    train_hf_split: str = "train"
+    train_name: DatasetName | None = Field(
+        None,
+        description="Record format of the training source if another benchmark's (default: name).",
+    )
+    calibration_fraction: float = Field(
+        0.2, gt=0, lt=1, description="Share of the training source held out for calibration."
+    )
+    splits: SplitFractions = Field(
+        default_factory=SplitFractions,
+        description="Three-way split of source (no training source).",
+    )
     seed: int = 0
     limit: int | None = Field(None, ge=1, description="Keep at most this many problems.")
     testbed: dict[str, Any] = Field(
@@ -182,6 +269,50 @@ class DatasetConfig(_Frozen):
         if self.name != "testbed" and not (self.source or self.hf_id):
             raise ValueError(f"dataset '{self.name}' needs a local `source` or an `hf_id`")
         return self
+
+    @model_validator(mode="after")
+    def _one_protocol(self) -> DatasetConfig:
+        # A field that the chosen protocol ignores is an error, not a silent no-op: a config
+        # that says `splits: ...` next to a training source would not do what it reads as.
+        # Values are compared with the defaults, not checked for presence, so that a dumped
+        # config (every field written out) loads back.
+        has_training = bool(self.train_source or self.train_hf_id)
+        if has_training and self.name == "testbed":
+            raise ValueError(
+                "the testbed generates its problems and splits them with `splits`; "
+                "remove train_source / train_hf_id"
+            )
+        if has_training and self.splits != SplitFractions():
+            raise ValueError(
+                "`splits` divides one source three ways; with a training source, train and "
+                "calibration come from it (`calibration_fraction`) and test is all of `source`: "
+                "remove `splits`"
+            )
+        fields = type(self).model_fields
+        stray = [f for f in _TRAINING_ONLY_FIELDS if getattr(self, f) != fields[f].default]
+        if stray and not has_training:
+            raise ValueError(
+                f"fields that apply only with a training source: {', '.join(stray)}; set "
+                "train_source (or train_hf_id) or remove them"
+            )
+        if self.train_name == "testbed":
+            raise ValueError("train_name: the testbed cannot be a training source")
+        return self
+
+    def training_source(self) -> DatasetConfig | None:
+        """The training source as a one-source config the loaders read like any benchmark
+        (None without one)."""
+        if not (self.train_source or self.train_hf_id):
+            return None
+        return DatasetConfig(
+            name=self.train_name or self.name,
+            source=self.train_source,
+            file_split=self.train_file_split,
+            hf_id=self.train_hf_id,
+            hf_config=self.train_hf_config,
+            hf_split=self.train_hf_split,
+            seed=self.seed,
+        )
 
 
 CALIBRATED_RULES = (
@@ -476,7 +607,12 @@ class ExperimentConfig(_Frozen):
             if self.prm and models
             else self.prm
         )
-        dataset = self.dataset.model_copy(update={"source": resolve(self.dataset.source)})
+        dataset = self.dataset.model_copy(
+            update={
+                "source": resolve(self.dataset.source),
+                "train_source": resolve(self.dataset.train_source),
+            }
+        )
         evaluation = self.evaluation.model_copy(
             update={"cache_dir": str(self.step_cache_dir.resolve())}
         )

@@ -1,9 +1,13 @@
 """Benchmark problems: one `Problem` record, loaders for GSM8K / MATH500 / Omni-MATH, and splits.
 
 Every loader reads either a local file/folder (the same files Hugging Face serves) or, when only
-a Hugging Face id is configured, the hub through `datasets`. Problem ids come from the content
-(or the benchmark's own id), never from the row position, so the train / calibration / test
-split, which hashes the id with the seed, does not move when a file is reordered.
+a Hugging Face id is configured, the hub through `datasets`. Splits hash each problem's
+normalized question with the seed (the testbed's: its id), never the row position, so they do
+not move when a file is reordered, and a question that occurs twice sits in one split.
+
+The protocol (`split_dataset`): with a training source configured, train and calibration are a
+hashed split of it and test is the whole main source (GSM8K: train.jsonl -> train/calibration,
+all 1,319 of test.jsonl -> test); without one, the main source is split three ways.
 """
 
 from __future__ import annotations
@@ -12,8 +16,9 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pipeline.config import DatasetConfig, SplitFractions
 from pipeline.problem import Problem  # re-exported: the record the loaders return
@@ -25,10 +30,13 @@ SPLITS = ("train", "calibration", "test")
 __all__ = [
     "SPLITS",
     "DataError",
+    "DatasetSplits",
     "Problem",
     "assign_split",
     "load_problems",
     "load_split",
+    "normalize_question",
+    "split_dataset",
     "split_problems",
 ]
 
@@ -97,10 +105,11 @@ _PARSERS: dict[str, Callable[[Row], Parsed]] = {
     "omnimath_rule": _parse_omnimath_rule,
 }
 
-# The file a folder source means, per benchmark (GSM8K picks by `file_split`).
+# The file a folder source means, per benchmark (GSM8K and MATH pick by `file_split`: a copy of
+# prm800k's math_splits/ holds train.jsonl beside MATH500's test.jsonl).
 _DEFAULT_FILES: dict[str, Callable[[DatasetConfig], str]] = {
     "gsm8k": lambda cfg: f"{cfg.file_split}.jsonl",
-    "math500": lambda cfg: "test.jsonl",
+    "math500": lambda cfg: f"{cfg.file_split}.jsonl",
     "omnimath": lambda cfg: "omni_test.json",
     "omnimath_rule": lambda cfg: "omni_math_rule.jsonl",
 }
@@ -148,7 +157,7 @@ def _rows_from_hub(cfg: DatasetConfig) -> Iterator[tuple[str, Row]]:
     except Exception as exc:  # network, auth, unknown id: all mean "not reachable here"
         raise DataError(
             f"could not load Hugging Face dataset '{cfg.hf_id}' (split {cfg.hf_split}): {exc}; "
-            "fix: set dataset.source to a local copy"
+            "fix: set dataset.source (dataset.train_source for training problems) to a local copy"
         ) from exc
     for index, row in enumerate(table):
         yield f"hf:{cfg.hf_id}[{index}]", dict(row)
@@ -166,7 +175,8 @@ def _resolve_source(cfg: DatasetConfig) -> Path | None:
         log.info("local source %s not found; falling back to Hugging Face %s", path, cfg.hf_id)
         return None
     raise DataError(
-        f"dataset file not found: {path}; fix: point dataset.source at the benchmark file or folder"
+        f"dataset file not found: {path}; fix: point dataset.source (dataset.train_source for "
+        "training problems) at the benchmark file or folder"
     )
 
 
@@ -189,7 +199,8 @@ def problems_from_rows(name: str, rows: Iterable[tuple[str, Row]]) -> list[Probl
             skipped_empty += 1
             continue
         problem_id = id_hint or _content_id(name, question)
-        # Identical questions get the same split anyway; suffix to keep ids unique.
+        # Identical questions get the same split anyway (splits hash the question, not the id);
+        # suffix to keep ids unique.
         count = seen.get(problem_id, 0)
         seen[problem_id] = count + 1
         if count:
@@ -218,15 +229,24 @@ def load_problems(cfg: DatasetConfig) -> list[Problem]:
 # Splits
 # --------------------------------------------------------------------------------------------
 
+SplitBy = Literal["question", "id"]
 
-def _unit_hash(problem_id: str, seed: int) -> float:
-    digest = hashlib.sha256(f"{seed}:{problem_id}".encode()).digest()
+
+def normalize_question(question: str) -> str:
+    """What two problems must share to be the same question: whitespace runs collapsed to one
+    space, ends stripped, case folded. Splits hash it, so a repeated question (also one copied
+    with other spacing or case) cannot sit in train and in test at once."""
+    return " ".join(question.split()).casefold()
+
+
+def _unit_hash(key: str, seed: int) -> float:
+    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def assign_split(problem_id: str, fractions: SplitFractions, seed: int) -> str:
-    """The split of one problem: a pure function of (id, seed, fractions)."""
-    u = _unit_hash(problem_id, seed)
+def assign_split(key: str, fractions: SplitFractions, seed: int) -> str:
+    """The split of one problem: a pure function of (key, seed, fractions)."""
+    u = _unit_hash(key, seed)
     if u < fractions.train:
         return "train"
     if u < fractions.train + fractions.calibration:
@@ -234,20 +254,82 @@ def assign_split(problem_id: str, fractions: SplitFractions, seed: int) -> str:
     return "test"
 
 
+def _split_key(problem: Problem, by: SplitBy) -> str:
+    return normalize_question(problem.question) if by == "question" else problem.id
+
+
 def split_problems(
-    problems: Iterable[Problem], fractions: SplitFractions, seed: int
+    problems: Iterable[Problem], fractions: SplitFractions, seed: int, by: SplitBy = "question"
 ) -> dict[str, list[Problem]]:
+    """One source split three ways by the hash of each problem's normalized question (`by="id"`:
+    of its id, which keeps the testbed's historical assignment)."""
     splits: dict[str, list[Problem]] = {name: [] for name in SPLITS}
     for problem in problems:
-        splits[assign_split(problem.id, fractions, seed)].append(problem)
+        splits[assign_split(_split_key(problem, by), fractions, seed)].append(problem)
     return splits
+
+
+@dataclass(frozen=True)
+class DatasetSplits:
+    """The configured dataset's three splits, where each comes from, and what the overlap guard
+    removed (training-source problems whose normalized question the test source also holds)."""
+
+    problems: dict[str, list[Problem]]
+    origins: dict[str, str]  # split -> "<file or hf id>, <share>" for reports
+    dropped_overlap: int = 0
+
+
+def _source_label(cfg: DatasetConfig) -> str:
+    if cfg.name == "testbed":
+        return "generated (testbed)"
+    path = _resolve_source(cfg)
+    return str(path) if path is not None else f"hf:{cfg.hf_id} ({cfg.hf_split})"
+
+
+def split_dataset(cfg: DatasetConfig) -> DatasetSplits:
+    """The benchmark protocol of `cfg` (see the module docstring)."""
+    problems = load_problems(cfg)
+    main = _source_label(cfg)
+    training_cfg = cfg.training_source()
+    if training_cfg is None:
+        # The testbed keeps its id-based assignment: its ids are positions of generation, it
+        # has no repeated question, and the committed testbed policies and numbers were made on
+        # that assignment; hashing questions would move problems between its splits.
+        by: SplitBy = "id" if cfg.name == "testbed" else "question"
+        splits = split_problems(problems, cfg.splits, cfg.seed, by)
+        shares = cfg.splits.model_dump()
+        origins = {s: f"{main}, {shares[s]:.0%} of {len(problems):,}" for s in SPLITS}
+        return DatasetSplits(splits, origins)
+
+    training = load_problems(training_cfg)
+    in_test = {normalize_question(p.question) for p in problems}
+    kept = [p for p in training if normalize_question(p.question) not in in_test]
+    dropped = len(training) - len(kept)
+    if dropped:
+        log.warning(
+            "%s: dropped %d training problem(s) whose question is also in the test source",
+            cfg.name,
+            dropped,
+        )
+    splits: dict[str, list[Problem]] = {"train": [], "calibration": [], "test": problems}
+    for problem in kept:
+        u = _unit_hash(normalize_question(problem.question), cfg.seed)
+        splits["calibration" if u < cfg.calibration_fraction else "train"].append(problem)
+    source = _source_label(training_cfg)
+    share = cfg.calibration_fraction
+    origins = {
+        "train": f"{source}, {1 - share:.0%} of {len(kept):,}",
+        "calibration": f"{source}, {share:.0%} of {len(kept):,}",
+        "test": f"{main}, all {len(problems):,}",
+    }
+    return DatasetSplits(splits, origins, dropped)
 
 
 def load_split(cfg: DatasetConfig, split: str) -> list[Problem]:
     """The problems of one split; with `cfg.limit`, a subset that is also order-independent."""
     if split not in SPLITS:
         raise ValueError(f"unknown split '{split}'; known: {', '.join(SPLITS)}")
-    problems = split_problems(load_problems(cfg), cfg.splits, cfg.seed)[split]
+    problems = split_dataset(cfg).problems[split]
     if cfg.limit:
         problems = sorted(problems, key=lambda p: _unit_hash(p.id, cfg.seed + 1))[: cfg.limit]
     return problems

@@ -12,7 +12,13 @@ from collections.abc import Sequence
 from pipeline.config import ModelConfig
 from pipeline.data import Problem
 
-__all__ = ["STEP_INSTRUCTION", "load_tokenizers", "prompt_text", "prompt_token_ids"]
+__all__ = [
+    "STEP_INSTRUCTION",
+    "load_tokenizers",
+    "prompt_content",
+    "prompt_text",
+    "prompt_token_ids",
+]
 
 STEP_INSTRUCTION = (
     "Solve the problem step by step. Separate consecutive steps with a blank line. "
@@ -20,11 +26,16 @@ STEP_INSTRUCTION = (
 )
 
 
+def prompt_content(problem: Problem, benchmark: str) -> str:
+    """The user message: the question, with the step instruction on real benchmarks."""
+    if benchmark == "testbed":
+        return problem.question
+    return f"{problem.question}\n\n{STEP_INSTRUCTION}"
+
+
 def prompt_text(tokenizer, problem: Problem, benchmark: str) -> str:
     """The rendered prompt (chat template when the tokenizer has one)."""
-    content = (
-        problem.question if benchmark == "testbed" else f"{problem.question}\n\n{STEP_INSTRUCTION}"
-    )
+    content = prompt_content(problem, benchmark)
     if getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template(
             [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
@@ -38,7 +49,13 @@ def prompt_token_ids(tokenizer, problem: Problem, benchmark: str) -> list[int]:
 
 
 def load_tokenizers(models: Sequence[ModelConfig]) -> dict[str, object]:
-    """Each model's tokenizer by model name (Hugging Face `AutoTokenizer`)."""
+    """Each model's tokenizer by model name (Hugging Face `AutoTokenizer`): `tokenizer` where the
+    config names one (a closed model's stand-in), else the model's own."""
     from transformers import AutoTokenizer
 
-    return {m.name: AutoTokenizer.from_pretrained(m.path, revision=m.revision) for m in models}
+    return {
+        m.name: AutoTokenizer.from_pretrained(
+            m.tokenizer or m.path, revision=None if m.tokenizer else m.revision
+        )
+        for m in models
+    }

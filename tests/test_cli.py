@@ -14,13 +14,46 @@ REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()
 
 
+def _summary_rows(output: str) -> list[list[str]]:
+    """(benchmark, split, problems, from) per table row; a `from` cell folded over several
+    lines is joined without whitespace (a narrow terminal folds inside a path)."""
+    rows: list[list[str]] = []
+    for line in output.splitlines():
+        cells = [cell.strip() for cell in line.split("│")[1:-1]]
+        if len(cells) != 4:
+            continue
+        if cells[0]:
+            rows.append(cells)
+        elif rows:
+            rows[-1][3] += cells[3]
+    return [[*row[:3], "".join(row[3].split())] for row in rows]
+
+
 def test_data_summary_counts_every_split() -> None:
     result = runner.invoke(
         app, ["data", "summary", "--config", str(REPO / "configs" / "math500_qwen25math.yaml")]
     )
     assert result.exit_code == 0, result.output
-    assert "math500" in result.output
-    assert "500" in result.output
+    rows = _summary_rows(result.output)
+    assert [row[:2] for row in rows] == [["math500", s] for s in ("train", "calibration", "test")]
+    assert sum(int(row[2].replace(",", "")) for row in rows) == 500  # one file, three ways
+    assert all("math500/test.jsonl" in row[3] for row in rows)
+
+
+def test_data_summary_shows_the_standard_gsm8k_protocol() -> None:
+    """Train and calibration come from the 7,473 problems of train.jsonl, test is all 1,319 of
+    test.jsonl; offline, from the local files."""
+    config = REPO / "configs" / "gsm8k_qwen25math.yaml"
+    result = runner.invoke(app, ["data", "summary", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    counts = {row[1]: int(row[2].replace(",", "")) for row in _summary_rows(result.output)}
+    origins = {row[1]: row[3] for row in _summary_rows(result.output)}
+    assert counts["train"] + counts["calibration"] == 7473
+    assert 0.18 < counts["calibration"] / 7473 < 0.22  # calibration_fraction 0.2
+    assert counts["test"] == 1319
+    assert "gsm8k/train.jsonl" in origins["train"] and "gsm8k/train.jsonl" in origins["calibration"]
+    assert "gsm8k/test.jsonl" in origins["test"]
+    assert "0 training problem(s) dropped" in result.output
 
 
 def test_data_summary_bad_config_is_an_error(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from pipeline.cli.console import console, fail
 from pipeline.config import load_config
-from pipeline.data import SPLITS, load_problems, split_problems
+from pipeline.data import SPLITS, split_dataset
 from pipeline.grading import grade
 
 
@@ -20,21 +20,28 @@ def data_summary(
         list[Path], typer.Option("--config", "-c", help="Experiment YAML (repeatable).")
     ],
 ) -> None:
-    """Per-benchmark and per-split problem counts."""
+    """Per-benchmark, per-split problem counts and the file (or hub id) each split comes from."""
     table = Table(title="Benchmark data")
-    for column in ("benchmark", "source", "problems", *SPLITS):
-        table.add_column(
-            column, justify="right" if column in ("problems", *SPLITS) else "left", overflow="fold"
-        )
+    table.add_column("benchmark")
+    table.add_column("split")
+    table.add_column("problems", justify="right")
+    table.add_column("from", overflow="fold")
+    notes: list[str] = []
     for path in config:
-        cfg = load_config(path)
-        problems = load_problems(cfg.dataset)
-        splits = split_problems(problems, cfg.dataset.splits, cfg.dataset.seed)
-        dataset = cfg.dataset
-        label = dataset.name + (" (testbed, synthetic)" if dataset.name == "testbed" else "")
-        source = dataset.source or (f"hf:{dataset.hf_id}" if dataset.hf_id else "generated")
-        table.add_row(label, source, str(len(problems)), *(str(len(splits[s])) for s in SPLITS))
+        dataset = load_config(path).dataset
+        splits = split_dataset(dataset)
+        label = dataset.name + (" (synthetic)" if dataset.name == "testbed" else "")
+        for split in SPLITS:
+            count = f"{len(splits.problems[split]):,}"
+            table.add_row(label, split, count, splits.origins[split], end_section=split == "test")
+        if dataset.training_source() is not None:
+            notes.append(
+                f"{dataset.name}: {splits.dropped_overlap} training problem(s) dropped because "
+                "their question is also in the test source"
+            )
     console.print(table)
+    for note in notes:
+        console.print(note)
 
 
 def grade_file(

@@ -36,6 +36,7 @@ _SCHEMA = pa.schema(
         ("cached_prompt_tokens", pa.int64()),
         ("prompt_logprobs", pa.list_(pa.float64())),
         ("step_score", pa.float64()),  # absent in shards written before PRMs: read as null
+        ("billed_tokens", pa.list_(pa.int64())),  # remote servers' usage; null for our engines
     ]
 )
 
@@ -117,6 +118,7 @@ class StepCache:
             rows["cached_prompt_tokens"].append(r.cached_prompt_tokens)
             rows["prompt_logprobs"].append(list(r.prompt_logprobs))
             rows["step_score"].append(r.step_score)
+            rows["billed_tokens"].append(list(r.billed_tokens) if r.billed_tokens else None)
         table = pa.table(rows, schema=_SCHEMA)
         # Shard names sort by creation: a zero-padded count, then a random suffix so that two
         # writers sharing a folder never collide.
@@ -159,6 +161,7 @@ class StepCache:
                     cached_prompt_tokens=row["cached_prompt_tokens"],
                     prompt_logprobs=tuple(row["prompt_logprobs"]),
                     step_score=row["step_score"],
+                    billed_tokens=tuple(row["billed_tokens"]) if row["billed_tokens"] else None,
                 )
         if shards:
             log.info(

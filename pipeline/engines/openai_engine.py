@@ -1,28 +1,33 @@
-"""`OpenAIEngine`: the same `StepRequest -> StepResult` over an OpenAI-compatible completions API.
+"""`OpenAIEngine`: the same `StepRequest -> StepResult` over an OpenAI-compatible API.
 
-For closed models and remote vLLM servers. The prompt goes out as token ids (vLLM and the
-OpenAI legacy completions API accept them) and, where the server offers it (`vllm serve` does,
-through `return_token_ids`), the step comes back as token ids too, so contexts are never
+For closed models and remote vLLM servers, in one of two protocols
+(`pipeline.engines.openai_protocols`): `completions` sends the context as token ids, `chat`
+sends it as messages. Where the server offers it (`vllm serve` does, through
+`return_token_ids`), the step comes back as token ids too, so contexts are never
 re-tokenized. A server that returns only text gets its text tokenized with the model's own
 tokenizer, with a warning once. Logprobs are requested when the request asks for them; a server
 that gives none yields empty `token_logprobs`, and the features that need them fall back to
 neutral values (see `pipeline.features.draft_stats`) with a warning once.
 
-Transient failures (HTTP 429 and 5xx, timeouts, refused connections) are retried with
-exponential back-off and jitter, honouring `Retry-After`; other errors raise at once.
+Calls keep under the endpoint's limits on concurrent requests and tokens per minute
+(`pipeline.engines.rate_limit`). Transient failures (HTTP 429 and 5xx, timeouts, refused
+connections) are retried with exponential back-off and jitter, honouring `Retry-After`; other
+errors raise at once. What each call costs is what the server billed (`usage`, cached prompt
+tokens included: `StepResult.billed_tokens`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import os
 import random
 
 import httpx
 
 from pipeline.config import ModelConfig
+from pipeline.engines.openai_protocols import protocol_for, step_result
+from pipeline.engines.rate_limit import RateLimiter
 from pipeline.engines.types import StepRequest, StepResult
 
 log = logging.getLogger(__name__)
@@ -62,20 +67,26 @@ class OpenAIEngine:
         self.model = model
         self.name = model.name
         self.max_model_len = model.max_model_len or DEFAULT_MAX_MODEL_LEN
-        self.fingerprint = f"{model.path}@{model.revision or 'main'}:{model.api_base}"
+        protocol = model.endpoint.protocol
+        self.fingerprint = f"{model.path}@{model.revision or 'main'}:{model.api_base}:{protocol}"
         self.max_retries = max_retries
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
         self.retries = 0  # transient failures retried so far (for tests and logs)
         self._tokenizer = None
         self._warned: set[str] = set()
+        self.protocol = protocol_for(model, self._warn_once)
+        endpoint = model.endpoint
+        self.limiter = RateLimiter(endpoint.max_concurrent_requests, endpoint.tokens_per_minute)
 
     # ---------------------------------------------------------------- HTTP with retries
 
-    async def _post(self, payload: dict) -> dict:
+    async def _post(self, payload: dict, tokens: int) -> dict:
+        path = self.protocol.path
         for attempt in range(self.max_retries + 1):
             try:
-                response = await self._client.post("/completions", json=payload)
+                async with self.limiter.slot(tokens):
+                    response = await self._client.post(path, json=payload)
             except (httpx.TimeoutException, httpx.TransportError) as exc:
                 reason, wait = f"{type(exc).__name__}: {exc}", None
             else:
@@ -84,7 +95,7 @@ class OpenAIEngine:
                 if response.status_code not in RETRY_STATUS:
                     raise OpenAIEngineError(
                         f"{self.name}: HTTP {response.status_code} from "
-                        f"{self._client.base_url}/completions: {response.text[:500]}"
+                        f"{self._client.base_url}{path}: {response.text[:500]}"
                     )
                 reason = f"HTTP {response.status_code}"
                 wait = _retry_after(response)
@@ -108,79 +119,16 @@ class OpenAIEngine:
         if room <= 0:
             return StepResult((), "", (), (), "length", len(prompt), 0)
         scored = min(request.score_tokens, len(prompt) - 1)
-        body = await self._post(self._payload(request, prompt, room, scored))
-        return self._step_result(request, prompt, scored, body)
-
-    def _payload(self, request: StepRequest, prompt: list[int], room: int, scored: int) -> dict:
-        """The completions request for one step; `scored` prompt tokens come back scored."""
-        payload = {
-            "model": self.model.path,
-            "prompt": prompt,
-            "max_tokens": min(request.max_tokens, room),
-            "temperature": request.temperature,
-            "stop": list(request.stop),
-            # vLLM extensions; servers that do not know them ignore them.
-            "include_stop_str_in_output": request.include_stop_str_in_output,
-            "return_token_ids": True,
-        }
-        if request.seed is not None and request.temperature > 0:
-            payload["seed"] = request.seed
-        if request.n_logprobs > 0 or scored > 0:
-            payload["logprobs"] = max(1, request.n_logprobs)
-        if scored > 0:
-            payload["echo"] = True  # prompt tokens come back with their logprobs
-        return payload
-
-    def _step_result(
-        self, request: StepRequest, prompt: list[int], scored: int, body: dict
-    ) -> StepResult:
-        """The server's answer as a `StepResult`, whichever of token ids and logprobs it gave."""
-        choice = body["choices"][0]
-        text = choice.get("text") or ""
-        logprobs = choice.get("logprobs") or {}
-        token_logprobs = list(logprobs.get("token_logprobs") or [])
-        top = list(logprobs.get("top_logprobs") or [])
-
-        prompt_logprobs: tuple[float, ...] = ()
-        if scored > 0:
-            # With echo, the first len(prompt) entries belong to the prompt (and `text` starts
-            # with the prompt's text).
-            echoed = token_logprobs[: len(prompt)]
-            prompt_logprobs = tuple(_number(lp) for lp in echoed[-scored:])
-            token_logprobs, top = token_logprobs[len(prompt) :], top[len(prompt) :]
-            if choice.get("token_ids") is None:
-                # Plain OpenAI echo: the text starts with the prompt's text.
-                offsets = logprobs.get("text_offset") or []
-                text = text[offsets[len(prompt)] :] if len(offsets) > len(prompt) else ""
-
-        ids = choice.get("token_ids")
+        payload = self.protocol.payload(request, prompt, room, scored)
+        body = await self._post(payload, len(prompt) + min(request.max_tokens, room))
+        parts = self.protocol.parse(request, prompt, scored, body)
+        ids = parts["token_ids"]
         if ids is None:
-            ids = self._tokenize(text)
+            ids = self._tokenize(parts["text"])
         want_logprobs = request.n_logprobs > 0 or scored > 0
-        if want_logprobs and not token_logprobs and ids:
+        if want_logprobs and not parts["token_logprobs"] and ids:
             self._warn_once("logprobs", "server returned no logprobs; confidence features degrade")
-        finish = choice.get("finish_reason") or "stop"
-        if finish == "stop" and choice.get("stop_reason") is None and "stop_reason" in choice:
-            finish = "eos"  # vLLM reports the eos token and stop strings both as "stop"
-        usage = body.get("usage") or {}
-        cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
-        return StepResult(
-            token_ids=tuple(ids),
-            text=text,
-            token_logprobs=tuple(_number(lp) for lp in token_logprobs[: len(ids)]),
-            top_logprobs=tuple(
-                tuple(sorted((v for v in (entry or {}).values()), reverse=True))[
-                    : request.n_logprobs
-                ]
-                for entry in top[: len(ids)]
-            )
-            if request.n_logprobs
-            else (),
-            finish_reason="length" if finish == "length" else finish,
-            prompt_tokens=len(prompt),
-            cached_prompt_tokens=int(cached),
-            prompt_logprobs=prompt_logprobs,
-        )
+        return step_result(request, prompt, parts, ids, body)
 
     async def generate_batch(self, requests: list[StepRequest]) -> list[StepResult]:
         """Requests go out concurrently; the server batches them."""
@@ -205,7 +153,8 @@ class OpenAIEngine:
             from transformers import AutoTokenizer
 
             self._tokenizer = AutoTokenizer.from_pretrained(
-                self.model.path, revision=self.model.revision
+                self.model.tokenizer or self.model.path,
+                revision=None if self.model.tokenizer else self.model.revision,
             )
         return self._tokenizer.encode(text, add_special_tokens=False)
 
@@ -213,10 +162,6 @@ class OpenAIEngine:
         if key not in self._warned:
             self._warned.add(key)
             log.warning("%s: %s", self.name, message)
-
-
-def _number(value) -> float:
-    return float(value) if value is not None else math.nan
 
 
 def _retry_after(response: httpx.Response) -> float | None:

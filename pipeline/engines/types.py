@@ -22,6 +22,9 @@ class StepRequest:
     # Score the last `score_tokens` prompt tokens: the engine returns their logprobs under this
     # model (`StepResult.prompt_logprobs`). A verifier reads a draft this way (SpecReason-like).
     score_tokens: int = 0
+    # For chat-protocol endpoints: (the user message, the solution so far), the same context as
+    # `prompt_token_ids` in words (`pipeline.engines.openai_protocols`); None elsewhere.
+    chat: tuple[str, str] | None = None
 
     @property
     def deterministic(self) -> bool:
@@ -56,6 +59,9 @@ class StepResult:
     prompt_logprobs: tuple[float, ...] = ()  # logprobs of the last `score_tokens` prompt tokens
     # A process reward model's answer (it generates nothing): p(the prompt's last step is right).
     step_score: float | None = None
+    # What a remote server billed for the call, from its `usage`: (prompt tokens, of them served
+    # from its prompt cache, completion tokens). None for engines this project hosts.
+    billed_tokens: tuple[int, int, int] | None = None
 
 
 def model_fingerprint(path: str, revision: str | None, dtype: str) -> str:

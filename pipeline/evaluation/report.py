@@ -252,7 +252,7 @@ def _calibrated_section(
     cfg: ExperimentConfig, result: EvaluationResult, acc_large: float
 ) -> list[str]:
     policy_dir = policy_folder(cfg)
-    folders = result.policies or ({"policy": policy_dir} if policy_dir else {})
+    folders = dict(result.policies or ({"policy": policy_dir} if policy_dir else {}))
     # Baselines calibrated with `steproute calibrate --rule` (e.g. prm_threshold), too.
     folders |= {
         rule: points_folder(cfg, rule)

@@ -3,14 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import http.server
-import os
-import socket
-import subprocess
-import sys
-import threading
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -22,58 +14,11 @@ from pipeline.prompts import prompt_token_ids
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def vllm_server(testbed_cfg):
+def vllm_server(testbed_cfg, vllm_serve):
     model = testbed_cfg.models[0]
-    port = _free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "vllm.entrypoints.openai.api_server",
-        "--model",
-        str(REPO / model.path),
-        "--served-model-name",
-        model.path,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--dtype",
-        model.dtype,
-        "--max-model-len",
-        str(model.max_model_len),
-        "--block-size",
-        str(model.block_size),
-        "--kv-cache-memory-bytes",
-        str(model.kv_cache_memory_bytes),
-        "--enable-prefix-caching",
-    ]
-    env = os.environ | {"VLLM_CPU_OMP_THREADS_BIND": "nobind"}
-    log = open(REPO / ".pytest-vllm-serve.log", "w")  # noqa: SIM115
-    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 240
-    while time.time() < deadline:
-        if server.poll() is not None:
-            pytest.fail(f"vllm serve exited with {server.returncode}; see .pytest-vllm-serve.log")
-        try:
-            urllib.request.urlopen(base + "/health", timeout=2)
-            break
-        except OSError:
-            time.sleep(1)
-    else:
-        server.kill()
-        pytest.fail("vllm serve did not come up within 240 s")
-    yield base + "/v1", model
-    server.terminate()
-    server.wait(30)
-    log.close()
+    with vllm_serve(model) as base:
+        yield base, model
 
 
 def _engine(model, base: str, **kwargs) -> OpenAIEngine:
@@ -138,65 +83,28 @@ def test_openai_engine_scores_a_continuation_by_prompt_logprobs(
     assert scored.prompt_logprobs == pytest.approx(step.token_logprobs, abs=1e-3)
 
 
-class _Flaky(http.server.BaseHTTPRequestHandler):
-    """Answers the first `failures` requests with 503 (Retry-After: 0), then proxies."""
-
-    failures = 0
-    upstream = ""
-
-    def do_POST(self):  # noqa: N802
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        if type(self).failures > 0:
-            type(self).failures -= 1
-            self.send_response(503)
-            self.send_header("Retry-After", "0")
-            self.end_headers()
-            return
-        request = urllib.request.Request(
-            self.upstream + self.path.removeprefix("/v1"),
-            data=body,
-            headers={"Content-Type": "application/json"},
-        )
-        try:
-            with urllib.request.urlopen(request) as response:
-                status, payload = response.status, response.read()
-        except urllib.error.HTTPError as exc:
-            status, payload = exc.code, exc.read()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture
-def flaky_proxy(vllm_server):
+def flaky_proxy(vllm_server, openai_proxy):
+    """The server behind a proxy that answers the first `failures` requests with 503."""
     base, model = vllm_server
-    _Flaky.upstream = base
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Flaky)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1", model
-    server.shutdown()
+    with openai_proxy(base) as (proxy_base, handler):
+        yield proxy_base, model, handler
 
 
 def test_transient_503s_are_retried_until_the_step_arrives(flaky_proxy, testbed_cfg) -> None:
-    base, model = flaky_proxy
-    _Flaky.failures = 2
+    base, model, handler = flaky_proxy
+    handler.failures = 2
     engine = _engine(model, base, backoff_s=0.01)
     result = asyncio.run(engine.generate(StepRequest(_prompts(testbed_cfg, 1)[0], max_tokens=48)))
     assert engine.retries == 2 and len(result.token_ids) > 0
 
 
 def test_persistent_failures_give_up_with_a_clear_error(flaky_proxy, testbed_cfg) -> None:
-    base, model = flaky_proxy
-    _Flaky.failures = 100
+    base, model, handler = flaky_proxy
+    handler.failures = 100
     engine = _engine(model, base, backoff_s=0.01, max_retries=2)
     with pytest.raises(OpenAIEngineError, match="giving up after 3 attempts"):
         asyncio.run(engine.generate(StepRequest(_prompts(testbed_cfg, 1)[0], max_tokens=48)))
-    _Flaky.failures = 0
 
 
 def test_a_bad_request_fails_at_once_without_retries(vllm_server) -> None:
@@ -218,3 +126,79 @@ def test_a_missing_api_key_is_named(testbed_cfg, monkeypatch) -> None:
     )
     with pytest.raises(ValueError, match="STEPROUTE_TEST_KEY"):
         OpenAIEngine(model)
+
+
+def _limited(model, **endpoint):
+    return model.model_copy(update={"endpoint": model.endpoint.model_copy(update=endpoint)})
+
+
+def test_the_rate_limiter_keeps_requests_under_its_limit_and_rides_out_429s(
+    vllm_server, openai_proxy, testbed_cfg, caplog
+) -> None:
+    base, model = vllm_server
+    requests = [StepRequest(p, max_tokens=48) for p in _prompts(testbed_cfg, 12)]
+    with openai_proxy(base) as (proxy, handler):
+        # Unlimited, the twelve requests reach the server together...
+        asyncio.run(_engine(model, proxy).generate_batch(requests))
+        assert handler.most_in_flight > 2
+        # ...limited to 2, never more than 2, even while 429s with Retry-After come back.
+        handler.most_in_flight, handler.failures, handler.status = 0, 3, 429
+        handler.retry_after = "0.25"
+        engine = _engine(_limited(model, max_concurrent_requests=2), proxy, backoff_s=30.0)
+        with caplog.at_level("WARNING", logger="pipeline.engines.openai_engine"):
+            results = asyncio.run(engine.generate_batch(requests))
+    assert handler.most_in_flight <= 2 and engine.limiter.most_in_flight <= 2
+    assert engine.retries == 3 and all(r.token_ids for r in results)
+    waits = [r.getMessage() for r in caplog.records if "HTTP 429" in r.getMessage()]
+    assert len(waits) == 3 and all(w.endswith("in 0.2 s") for w in waits)  # Retry-After, not 30 s
+
+
+def test_tokens_per_minute_holds_a_request_until_the_bucket_refills() -> None:
+    import time
+
+    from pipeline.engines.rate_limit import RateLimiter
+
+    limiter = RateLimiter(tokens_per_minute=6000)  # 100 tokens a second
+
+    async def two_calls() -> float:
+        async with limiter.slot(6000):  # the whole minute's budget
+            pass
+        started = time.perf_counter()
+        async with limiter.slot(100):  # waits for 100 tokens to flow back in: ~1 s
+            pass
+        return time.perf_counter() - started
+
+    assert asyncio.run(two_calls()) >= 0.9
+
+
+def test_a_server_without_logprobs_still_answers_with_one_warning(
+    vllm_server, openai_proxy, testbed_cfg, caplog
+) -> None:
+    base, model = vllm_server
+    requests = [StepRequest(p, max_tokens=48, n_logprobs=3) for p in _prompts(testbed_cfg, 4)]
+    with openai_proxy(base, strip_logprobs=True) as (proxy, _):
+        engine = _engine(model, proxy)
+        with caplog.at_level("WARNING", logger="pipeline.engines.openai_engine"):
+            results = asyncio.run(engine.generate_batch(requests))
+            results += asyncio.run(engine.generate_batch(requests))
+    assert all(r.token_ids and not r.token_logprobs and not r.top_logprobs for r in results)
+    assert sum("no logprobs" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_each_step_carries_what_the_server_billed(vllm_server, testbed_cfg) -> None:
+    base, model = vllm_server
+    request = StepRequest(_prompts(testbed_cfg, 1)[0], max_tokens=48)
+
+    async def twice():
+        engine = _engine(model, base)
+        try:
+            return await engine.generate(request), await engine.generate(request)
+        finally:
+            await engine.aclose()
+
+    first, second = asyncio.run(twice())
+    for result in (first, second):
+        prompt, cached, completion = result.billed_tokens
+        assert prompt == len(request.prompt_token_ids) and completion == len(result.token_ids)
+    # The same prompt again: the server's prefix cache served part of it, and usage says so.
+    assert second.billed_tokens[1] > 0 and second.cached_prompt_tokens == second.billed_tokens[1]
