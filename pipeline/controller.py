@@ -42,7 +42,7 @@ from pipeline.features import (
     text_embedding,
 )
 from pipeline.grading import extract_answer, grade
-from pipeline.prompts import load_tokenizers, prompt_content, prompt_token_ids
+from pipeline.prompts import chat_context, load_tokenizers, prompt_token_ids, speaks_chat
 from pipeline.rules import RoutingRule
 from pipeline.trajectory import ReasoningState, StepRecord
 
@@ -102,18 +102,9 @@ class Controller:
             temperature=sampling.temperature,
             seed=sampling.seed,
             score_tokens=score_tokens,
-            chat=self._chat(state) if self._speaks_chat(model) else None,
-        )
-
-    def _speaks_chat(self, model: str) -> bool:
-        config = self.by_name[model]
-        return config.engine == "openai" and config.endpoint.protocol == "chat"
-
-    def _chat(self, state: ReasoningState) -> tuple[str, str]:
-        """The context in words for a chat endpoint: the user message and the kept steps."""
-        return (
-            prompt_content(state.problem, self.benchmark),
-            "".join(step.text for step in state.steps),
+            chat=chat_context(state.problem, state.steps, self.benchmark)
+            if speaks_chat(self.by_name[model])
+            else None,
         )
 
     async def _generate(self, states: Sequence[ReasoningState], model: str) -> list[StepResult]:
@@ -131,8 +122,7 @@ class Controller:
         processed = state.processed.setdefault(model, ProcessedTokens())
         charge = processed.charge(context, result.token_ids, drafting=model == self.small)
         if result.billed_tokens is not None:  # a remote server: what it billed, cache included
-            prompt, cached, completion = result.billed_tokens
-            charge = Charge(prompt - cached, cached, completion, charge.drafting)
+            charge = Charge.billed(*result.billed_tokens, drafting=charge.drafting)
         config = self.by_name[model]
         costs = {name: call_cost(name, config, charge) for name in self.cost_models}
         for name, value in costs.items():

@@ -1,4 +1,5 @@
-"""Cost models: what one engine call costs, computed from the trajectory alone.
+"""Cost models: what one engine call costs, computed from the trajectory alone (a model behind
+a remote endpoint: from what its server billed, `Charge.billed`).
 
 Each model in a trajectory is charged as if it kept one KV cache for that trajectory (what a
 per-request cache holds): a call pays *prefill* for the context tokens the model has not yet
@@ -45,6 +46,12 @@ class Charge:
     cached_tokens: int  # context tokens it had (its per-trajectory KV cache)
     generated_tokens: int
     drafting: bool = False  # the call went to the first (drafting) model of the ladder
+
+    @classmethod
+    def billed(cls, prompt: int, cached: int, completion: int, drafting: bool = False) -> Charge:
+        """What a remote server billed (its `usage`): its own count of the prompt, the part
+        it served from its prompt cache, and the completion. Remote calls are charged this."""
+        return cls(prompt - cached, cached, completion, drafting)
 
 
 class ProcessedTokens:

@@ -14,10 +14,12 @@ from pipeline.data import Problem
 
 __all__ = [
     "STEP_INSTRUCTION",
+    "chat_context",
     "load_tokenizers",
     "prompt_content",
     "prompt_text",
     "prompt_token_ids",
+    "speaks_chat",
 ]
 
 STEP_INSTRUCTION = (
@@ -31,6 +33,17 @@ def prompt_content(problem: Problem, benchmark: str) -> str:
     if benchmark == "testbed":
         return problem.question
     return f"{problem.question}\n\n{STEP_INSTRUCTION}"
+
+
+def speaks_chat(model: ModelConfig) -> bool:
+    """Is `model` an endpoint reached over a chat API (it reads contexts as messages)?"""
+    return model.engine == "openai" and model.endpoint.protocol == "chat"
+
+
+def chat_context(problem: Problem, steps: Sequence, benchmark: str) -> tuple[str, str]:
+    """A context in words, for a chat endpoint: the user message and the kept steps' text
+    (`StepRequest.chat`): the same context as the prompt's token ids plus the steps'."""
+    return prompt_content(problem, benchmark), "".join(step.text for step in steps)
 
 
 def prompt_text(tokenizer, problem: Problem, benchmark: str) -> str:
