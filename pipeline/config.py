@@ -37,6 +37,7 @@ __all__ = [
     "TrackingConfig",
     "TrainingConfig",
     "interpolate_env",
+    "local_paths_absolute",
     "merge_dicts",
     "load_config",
 ]
@@ -160,6 +161,21 @@ class ModelConfig(_Frozen):
         if self.resources.tensor_parallel_size > 1 and self.resources.num_gpus == 0:
             raise ValueError("tensor_parallel_size > 1 needs num_gpus > 0")
         return self
+
+
+def local_paths_absolute(model: ModelConfig) -> ModelConfig:
+    """`model` with a local folder made absolute, for code that runs in another directory (Ray
+    actors, Serve replicas, Tune trials). A hosted model's weights are its `path`; a model behind
+    an endpoint keeps `path` as written (it is the server's name for the model), and a local
+    folder there becomes its `tokenizer`."""
+
+    def local(value: str | None) -> str | None:
+        return str(Path(value).resolve()) if value and Path(value).exists() else None
+
+    if model.engine != "openai":
+        return model.model_copy(update={"path": local(model.path) or model.path})
+    tokenizer = local(model.tokenizer) or model.tokenizer or local(model.path)
+    return model.model_copy(update={"tokenizer": tokenizer})
 
 
 class PRMConfig(ModelConfig):
@@ -599,14 +615,8 @@ class ExperimentConfig(_Frozen):
         def resolve(value: str | None) -> str | None:
             return str(Path(value).resolve()) if value and Path(value).exists() else value
 
-        ladder = tuple(
-            m.model_copy(update={"path": resolve(m.path)}) if models else m for m in self.models
-        )
-        prm = (
-            self.prm.model_copy(update={"path": resolve(self.prm.path)})
-            if self.prm and models
-            else self.prm
-        )
+        ladder = tuple(local_paths_absolute(m) if models else m for m in self.models)
+        prm = local_paths_absolute(self.prm) if self.prm and models else self.prm
         dataset = self.dataset.model_copy(
             update={
                 "source": resolve(self.dataset.source),

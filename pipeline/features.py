@@ -19,6 +19,7 @@ import numpy as np
 
 __all__ = [
     "FEATURE_NAMES",
+    "LOGPROB_FEATURES",
     "NUM_FEATURES",
     "DraftStats",
     "Observation",
@@ -97,6 +98,17 @@ def top_k_entropy(top_logprobs: Sequence[float]) -> float:
     probs = [w / total for w in weights]
     entropy = -sum(p * math.log(p) for p in probs if p > 0)
     return min(1.0, entropy / math.log(len(finite)))  # a flat top-k rounds to 1 + 2e-16
+
+
+LOGPROB_FEATURES = (
+    "draft/mean_prob",
+    "draft/min_prob",
+    "draft/last_prob",
+    "draft/mean_entropy",
+    "draft/length",
+)
+"""The features read off the draft's logprobs: neutral (probabilities 1, entropy and length 0)
+for a draft whose server returned none, as is `first_token_entropy`."""
 
 
 def draft_stats(

@@ -137,8 +137,11 @@ from ray.util.state import list_actors
 ray.init()
 nodes = {n["NodeID"]: n["Resources"] for n in ray.nodes() if n["Alive"]}
 out = {}
+engines = [a for a in ray.util.list_named_actors(all_namespaces=True)
+           if a["namespace"] == "steproute" and a["name"].startswith("steproute-engine-")]
 for model in ("small", "large"):
-    info = ray.get(ray.get_actor("steproute-engine-" + model, namespace="steproute").describe.remote())
+    (name,) = [a["name"] for a in engines if a["name"].startswith("steproute-engine-" + model + "-")]
+    info = ray.get(ray.get_actor(name, namespace="steproute").describe.remote())
     out[model] = nodes[info["node_id"]]
 runners = list_actors(filters=[("class_name", "=", "MultiAgentEnvRunner")], detail=True)
 out["env_runners"] = [nodes.get(a.node_id, {}) for a in runners]

@@ -152,3 +152,25 @@ def test_routing_rule_is_a_calibrated_rule_and_prm_threshold_needs_a_prm(testbed
         data | {"routing": data["routing"] | {"rule": "prm_threshold"}}
     )
     assert served.models_for([served.routing.rule])[-1].name == served.prm.name
+
+
+def test_an_endpoint_without_prefill_support_must_say_so() -> None:
+    from pydantic import ValidationError
+
+    from pipeline.config import EndpointConfig
+
+    with pytest.raises(ValidationError, match="set prefill: false"):
+        EndpointConfig(protocol="chat", server="openai", prefill=True)
+    assert EndpointConfig(protocol="chat", server="openai", prefill=False).protocol == "chat"
+
+
+def test_a_remote_models_path_is_the_servers_name_and_a_local_folder_its_tokenizer() -> None:
+    from pipeline.config import local_paths_absolute
+
+    cfg = load_config(REPO / "configs" / "testbed_endpoints.yaml")
+    small = cfg.models[0]
+    remote = local_paths_absolute(small)
+    assert remote.path == small.path  # sent to the server as written
+    assert Path(remote.tokenizer).is_absolute() and Path(remote.tokenizer).is_dir()
+    hosted = local_paths_absolute(load_config(REPO / "configs" / "testbed.yaml").models[0])
+    assert Path(hosted.path).is_absolute() and hosted.tokenizer is None

@@ -7,12 +7,12 @@ A crashed engine is restarted by Ray (`max_restarts`), and callers' calls are re
 
 from __future__ import annotations
 
+import hashlib
 import logging
-from pathlib import Path
 
 import ray
 
-from pipeline.config import ModelConfig
+from pipeline.config import ModelConfig, local_paths_absolute
 from pipeline.engines.hosting import EngineHost
 from pipeline.engines.types import StepRequest, StepResult, model_fingerprint
 
@@ -56,11 +56,29 @@ class ActorEngine:
         """Nothing to release: the actor is shared and stays for its next user."""
 
 
+def actor_name(model: ModelConfig) -> str:
+    """The shared actor's name: the model's name and a digest of what identifies its engine, so
+    that two configs that give different models the same name (an in-Ray `large` and a `large`
+    behind an endpoint) never share an actor. Local folders count by their absolute path, so
+    callers in other directories still find the same actor."""
+    model = local_paths_absolute(model)
+    identity = (
+        model.engine,
+        model.path,
+        model.revision,
+        model.dtype,
+        model.max_model_len,
+        model.api_base,
+        model.endpoint.protocol,
+    )
+    return f"{ACTOR_PREFIX}{model.name}-{hashlib.sha1(repr(identity).encode()).hexdigest()[:8]}"
+
+
 def actor_options(model: ModelConfig) -> dict:
     """Ray resources for the actor hosting `model`, from its config."""
     resources = model.resources
     options = {
-        "name": ACTOR_PREFIX + model.name,
+        "name": actor_name(model),
         "namespace": NAMESPACE,  # every driver (CLI, Tune trial, Serve, job) finds the same one
         "get_if_exists": True,
         "lifetime": "detached",
@@ -92,6 +110,5 @@ def engine_actor(model: ModelConfig):
     A model folder given relative to this process's directory is made absolute: the actor may
     run in another directory, or on another node of a cluster with the same layout.
     """
-    if Path(model.path).exists():
-        model = model.model_copy(update={"path": str(Path(model.path).resolve())})
+    model = local_paths_absolute(model)
     return ray.remote(EngineActor).options(**actor_options(model)).remote(model)

@@ -95,7 +95,7 @@ class OpenAIEngine:
                 if response.status_code not in RETRY_STATUS:
                     raise OpenAIEngineError(
                         f"{self.name}: HTTP {response.status_code} from "
-                        f"{self._client.base_url}{path}: {response.text[:500]}"
+                        f"{response.request.url}: {response.text[:500]}"
                     )
                 reason = f"HTTP {response.status_code}"
                 wait = _retry_after(response)

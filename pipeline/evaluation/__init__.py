@@ -30,12 +30,11 @@ from pipeline.config import ExperimentConfig
 from pipeline.controller import Controller
 from pipeline.data import load_split
 from pipeline.engines.cache import StepCache
+from pipeline.evaluation.plots import finish_plot, plot_rule_curves
 from pipeline.evaluation.report import (
     TESTBED_LABEL,
-    finish_plot,
     format_metric,
     log_mlflow,
-    plot_rule_curves,
     write_outputs,
 )
 from pipeline.evaluation.running import (

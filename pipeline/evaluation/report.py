@@ -1,6 +1,6 @@
 """The evaluation's outputs: report.md (labelled TESTBED where the data is the testbed), the
-accuracy–cost and escalation-by-step plots, results.parquet / points.csv / summary.csv /
-runs.jsonl, and the MLflow run."""
+plots (`pipeline.evaluation.plots`), results.parquet / points.csv / summary.csv / runs.jsonl,
+and the MLflow run."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import math
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from pipeline.calibration import load_operating_points
 from pipeline.config import CALIBRATED_RULES, ExperimentConfig
+from pipeline.evaluation.plots import write_plots
 from pipeline.evaluation.running import EvaluationResult, points_folder, policy_folder
 from pipeline.evaluation.summary import (
     calibrated_outcomes,
@@ -22,13 +22,12 @@ from pipeline.evaluation.summary import (
     seed_rows,
     seed_spread,
 )
+from pipeline.features import LOGPROB_FEATURES
 
 __all__ = [
     "TESTBED_LABEL",
-    "finish_plot",
     "format_metric",
     "log_mlflow",
-    "plot_rule_curves",
     "report_markdown",
     "write_outputs",
 ]
@@ -41,65 +40,6 @@ def format_metric(value: float | None) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "—"
     return f"{value:.3f}"
-
-
-def plot_rule_curves(ax, points: pd.DataFrame, **style) -> None:
-    """One accuracy-vs-cost curve per rule (a lone point for a rule with one operating point)."""
-    for rule, group in points.groupby("rule", sort=False):
-        group = group.sort_values("cost_normalized")
-        marker = "o" if len(group) == 1 else "o-"
-        ax.plot(group.cost_normalized, group.accuracy, marker, label=rule, markersize=4, **style)
-
-
-def _plots(points: pd.DataFrame, results: pd.DataFrame, folder: Path, label: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 5))
-    plot_rule_curves(ax, points)
-    finish_plot(
-        fig,
-        ax,
-        "cost / large-only cost",
-        "accuracy",
-        f"Accuracy vs cost — {label}",
-        folder / "accuracy_cost.png",
-    )
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    routed = results[~results.rule.isin(["small_only", "large_only"])]
-    for rule, group in routed.groupby("rule", sort=False):
-        steps = group.steps.to_numpy()
-        width = int(steps.max()) if len(steps) else 0
-        escalated, total = np.zeros(width), np.zeros(width)
-        for n, marked in zip(group.steps, group.escalated_steps, strict=True):
-            total[:n] += 1
-            escalated[list(marked)] += 1
-        rate = np.divide(escalated, total, out=np.zeros(width), where=total > 0)
-        ax.plot(np.arange(width), rate, "o-", label=rule, markersize=3)
-    finish_plot(
-        fig,
-        ax,
-        "step index",
-        "escalation rate (all operating points)",
-        f"Escalation by step — {label}",
-        folder / "escalation_by_step.png",
-    )
-
-
-def finish_plot(fig, ax, xlabel: str, ylabel: str, title: str, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def report_markdown(
@@ -288,6 +228,16 @@ def _calibrated_section(
     return lines
 
 
+def _billed_note(cfg: ExperimentConfig) -> str:
+    remote = [m.name for m in cfg.models if m.engine == "openai"]
+    return (
+        f" Models behind endpoints ({', '.join(remote)}) are charged what their servers billed "
+        "(`usage`, cached prompt tokens at the cached-input price)."
+        if remote
+        else ""
+    )
+
+
 def _notes_section(cfg: ExperimentConfig, result: EvaluationResult) -> list[str]:
     policy_dir = policy_folder(cfg)
     which_policy = (
@@ -307,8 +257,17 @@ def _notes_section(cfg: ExperimentConfig, result: EvaluationResult) -> list[str]
         "for it like any call: prefill of the context the large model has not processed in "
         "this trajectory, plus the draft. Costs are computed from each trajectory alone "
         "(pipeline/cost.py), never from the engines' prefix caches, so they do not depend on "
-        "what ran before.",
+        "what ran before." + _billed_note(cfg),
     ]
+    unscored = int(result.results.get("drafts_without_logprobs", pd.Series(dtype=int)).sum())
+    if unscored:
+        lines += [
+            "",
+            f"**Neutral features:** {unscored} kept drafts came back without logprobs (the "
+            "server returned none), so for them "
+            + ", ".join(f"`{name}`" for name in LOGPROB_FEATURES)
+            + " and the first-token entropy were neutral (probability 1, entropy and length 0).",
+        ]
     if result.skipped:
         lines += ["", "## Not run", ""]
         lines += [f"- `{name}`: {why}." for name, why in result.skipped.items()]
@@ -350,7 +309,7 @@ def write_outputs(cfg: ExperimentConfig, result: EvaluationResult, folder: Path)
     with open(folder / "runs.jsonl", "a") as handle:
         handle.write(json.dumps(run) + "\n")
     runs = [json.loads(line) for line in (folder / "runs.jsonl").read_text().splitlines() if line]
-    _plots(result.points, result.results, folder, label)
+    write_plots(result.points, result.results, folder, label)
     (folder / "report.md").write_text(report_markdown(cfg, result, runs, label))
 
 

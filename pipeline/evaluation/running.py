@@ -17,6 +17,7 @@ from pipeline.calibration import load_operating_points
 from pipeline.config import ExperimentConfig
 from pipeline.controller import Controller
 from pipeline.problem import Problem
+from pipeline.prompts import speaks_chat
 from pipeline.rules import NEVER, RoutingRule, ThresholdRule, make_rule
 from pipeline.trajectory import ReasoningState
 
@@ -24,7 +25,10 @@ __all__ = ["EvaluationResult", "evaluate_with", "points_folder", "policy_folder"
 
 
 def why_not_run(name: str, cfg: ExperimentConfig, controller: Controller) -> str | None:
-    """Why rule `name` cannot run here, or None: only a PRM rule without a PRM."""
+    """Why rule `name` cannot run here, or None: a PRM rule without a PRM, or the verifier
+    rule where the large model is behind a chat API (which cannot score a continuation)."""
+    if name == "large_likelihood" and speaks_chat(cfg.models[-1]):
+        return "the large model is behind a chat API, which has no prompt echo to score drafts"
     if name != "prm_threshold":
         return None
     if cfg.prm is None:
@@ -72,6 +76,12 @@ def _rows(label: str, threshold: float, states: list[ReasoningState], controller
                 else 0.0,
                 **{f"cost_{name}": value for name, value in sorted(state.costs.items())},
                 "steps": len(state.steps),
+                # kept drafts that came back without logprobs (a server that returns none):
+                # their confidence features were neutral
+                "drafts_without_logprobs": sum(
+                    s.model == controller.small and bool(s.token_ids) and math.isnan(s.mean_logprob)
+                    for s in state.steps
+                ),
                 "escalations": state.escalations,
                 "escalated_steps": [i for i, s in enumerate(state.steps) if s.escalated],
                 "stop_reason": state.stop_reason,

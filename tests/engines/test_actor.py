@@ -11,14 +11,17 @@ import ray
 
 from pipeline.controller import Controller
 from pipeline.data import load_split
-from pipeline.engines.actor import ACTOR_PREFIX, actor_options
+from pipeline.engines.actor import ACTOR_PREFIX, actor_name, actor_options
 from pipeline.rules import make_rule
 
 
 def test_actor_options_follow_the_model_config(testbed_cfg) -> None:
     model = testbed_cfg.models[0]
     options = actor_options(model)
-    assert options["name"] == ACTOR_PREFIX + model.name
+    assert options["name"] == actor_name(model) and options["name"].startswith(ACTOR_PREFIX)
+    # A model of the same name behind an endpoint is another engine: another actor.
+    remote = model.model_copy(update={"engine": "openai", "api_base": "http://127.0.0.1:1/v1"})
+    assert actor_name(remote) != actor_name(model)
     assert options["num_cpus"] == model.resources.num_cpus and options["num_gpus"] == 0
     assert options["max_restarts"] >= 1 and options["max_task_retries"] >= 1
     gpu = model.model_copy(update={"resources": model.resources.model_copy(update={"num_gpus": 1})})
