@@ -85,6 +85,9 @@ class OperatingPoint:
     target: str | None = None  # one of TARGETS; None: read from the name
     target_value: float | None = None
     rule: str = "policy"  # the thresholded rule κ belongs to (`routing.rule`), e.g. prm_threshold
+    # Mean large-only cost per problem on the calibration split, in the cost model's units: what
+    # `expected_cost` and a served answer's normalized cost are fractions of.
+    large_only_cost: float | None = None
 
     def __post_init__(self) -> None:
         if self.target is None:
@@ -348,7 +351,7 @@ def choose_points(cfg, rows, rule: str = "policy") -> list[OperatingPoint]:
     ]
     small = rows[rows.rule == "small_only"]
     small_point = (float(small.cost.mean()) / large_cost, float(small.correct.mean()))
-    chosen = [replace(p, rule=rule) for p in points if p is not None]
+    chosen = [replace(p, rule=rule, large_only_cost=large_cost) for p in points if p is not None]
     return mark_knee(chosen, small_point, (1.0, large_accuracy))
 
 

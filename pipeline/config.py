@@ -515,6 +515,12 @@ class ServeConfig(_Frozen):
         128, ge=1, description="Requests one router replica works on; more get 429."
     )
     request_timeout_s: float = Field(300.0, gt=0, description="An engine call slower fails 503.")
+    drain_timeout_s: float = Field(
+        30.0,
+        ge=0,
+        description="On SIGTERM / Ctrl-C: how long requests in flight may take to finish while "
+        "new ones get 503, before Serve and the engines shut down.",
+    )
     router_replicas: int = Field(1, ge=1)
     router_num_cpus: float = Field(
         0.0, ge=0, description="CPUs per router replica: it mostly awaits the engines."
@@ -523,8 +529,6 @@ class ServeConfig(_Frozen):
         None, description="Ray Serve autoscaling_config for the router (replaces router_replicas)."
     )
     engine_replicas: int = Field(1, ge=1)
-    max_batch_size: int = Field(64, ge=1, description="Steps an engine replica batches at once.")
-    batch_wait_timeout_s: float = Field(0.005, ge=0)
 
 
 class TrackingConfig(_Frozen):

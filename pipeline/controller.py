@@ -31,7 +31,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 import numpy as np
 
 from pipeline.config import ExperimentConfig, ModelConfig
-from pipeline.cost import Charge, ProcessedTokens, available_cost_models, call_cost
+from pipeline.cost import Charge, ProcessedTokens, available_cost_models, call_cost, cost_ceiling
 from pipeline.data import Problem
 from pipeline.engines.types import StepEngine, StepRequest, StepResult
 from pipeline.features import (
@@ -74,7 +74,9 @@ class Controller:
         self.cost_models = available_cost_models(cfg.engine_models)
         # The scale of the cost feature: the budget per problem when one is set in absolute
         # terms is unknown here, so features use the large model's cost of max_steps steps.
-        self.cost_ceiling = self._cost_ceiling()
+        self.cost_ceiling = cost_ceiling(
+            cfg.routing.cost_model, self.by_name[self.large], cfg.routing.max_steps
+        )
 
     # ------------------------------------------------------------------ states
 
@@ -321,13 +323,17 @@ class Controller:
                 self.advance(state, result, target)
             return
         drafts = await self.draft(states)
+        began = time.perf_counter()
         obs = self.observe(states, drafts)
+        routing = time.perf_counter() - began  # deciding, not waiting on engines
         if rule.needs_verifier:
             verifier = await self.verify(states, drafts, self.large)
             obs = dataclasses.replace(obs, verifier_mean_logprob=verifier)
         if rule.needs_prm:
             obs = dataclasses.replace(obs, prm_step_score=await self.score_with_prm(states, drafts))
+        began = time.perf_counter()
         actions, scores = rule.decide_with_scores(obs)
+        routing += time.perf_counter() - began
         actions = np.asarray(actions, dtype=np.int64)
         if rule.num_actions != len(self.models):
             # A keep-or-escalate rule on a longer ladder escalates to the largest model.
@@ -335,6 +341,7 @@ class Controller:
         written = await self.write_escalated(states, actions)
         steps = [written.get(i, (draft, self.small)) for i, draft in enumerate(drafts)]
         for i, (state, (result, model)) in enumerate(zip(states, steps, strict=True)):
+            state.routing_seconds += routing / len(states)  # a batch shares its decisions' time
             self.advance(
                 state,
                 result,
@@ -385,14 +392,6 @@ class Controller:
 
     def is_correct(self, state: ReasoningState) -> bool:
         return grade(state.solution, state.problem.gold_answer, self.benchmark).correct
-
-    def _cost_ceiling(self) -> float:
-        large = self.by_name[self.large]
-        tokens = self.cfg.routing.max_steps * large.sampling.max_step_tokens
-        try:
-            return call_cost(self.cfg.routing.cost_model, large, Charge(0, 0, tokens))
-        except ValueError:
-            return 0.0
 
 
 def _mean(values: Sequence[float]) -> float:

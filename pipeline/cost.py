@@ -32,6 +32,7 @@ __all__ = [
     "ProcessedTokens",
     "call_cost",
     "available_cost_models",
+    "cost_ceiling",
     "normalized",
 ]
 
@@ -133,6 +134,16 @@ def available_cost_models(models: Sequence[ModelConfig]) -> tuple[str, ...]:
             continue
         names.append(name)
     return tuple(names)
+
+
+def cost_ceiling(cost_model: CostModelName, large: ModelConfig, max_steps: int) -> float:
+    """The cost of a longest large-only trajectory (`max_steps` full steps, decode only): the
+    scale of the cost feature. 0 where the cost model lacks the large model's inputs."""
+    tokens = max_steps * large.sampling.max_step_tokens
+    try:
+        return call_cost(cost_model, large, Charge(0, 0, tokens))
+    except ValueError:
+        return 0.0
 
 
 def normalized(cost: float, large_only_cost: float) -> float:

@@ -57,6 +57,8 @@ class ReasoningState:
     # A request's own cap on kept tokens (Serve's max_tokens); steps are clipped to fit it.
     # None: routing.max_total_tokens, and steps are not clipped.
     token_limit: int | None = None
+    # Time spent deciding (features and the rule), not waiting on engines; a batch's is shared.
+    routing_seconds: float = 0.0
     # The cost when the current step began: the step's own cost is what was paid since.
     _step_start_cost: float = 0.0
 

@@ -26,6 +26,7 @@ __all__ = [
     "error_body",
     "finish_reason",
     "parse_request",
+    "routing_headers",
     "routing_summary",
     "step_info",
     "usage",
@@ -263,9 +264,26 @@ def routing_summary(
         "steps": [step_info(i, s) for i, s in enumerate(state.steps)],
         "totals": totals,
         "cost": state.cost,
+        "escalations": state.escalations,
         "escalation_rate": state.escalations / steps if steps else 0.0,
+        "routing_ms": state.routing_seconds * 1000.0,
         "stop_reason": state.stop_reason,
     }
+
+
+def routing_headers(routing: dict, large_only_cost: float | None) -> dict[str, str]:
+    """The answer's routing totals as response headers (a gateway can read them without parsing
+    the body): `x-steproute-cost` (absolute, in the cost model's units),
+    `x-steproute-cost-normalized` (a fraction of the calibration split's mean large-only cost,
+    where the operating points know it), `x-steproute-escalations`, `x-steproute-routing-ms`."""
+    headers = {
+        "x-steproute-cost": repr(float(routing["cost"])),
+        "x-steproute-escalations": str(routing["escalations"]),
+        "x-steproute-routing-ms": f"{routing['routing_ms']:.3f}",
+    }
+    if large_only_cost:
+        headers["x-steproute-cost-normalized"] = repr(float(routing["cost"]) / large_only_cost)
+    return headers
 
 
 def new_id(prefix: str) -> str:

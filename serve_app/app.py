@@ -111,12 +111,7 @@ def _engine_deployment(model, cfg: ExperimentConfig):
         name=f"engine-{model.name}",
         num_replicas=cfg.serve.engine_replicas,
         ray_actor_options=options,
-    ).bind(
-        model.model_dump(mode="json"),
-        prm=isinstance(model, PRMConfig),
-        max_batch_size=cfg.serve.max_batch_size,
-        batch_wait_timeout_s=cfg.serve.batch_wait_timeout_s,
-    )
+    ).bind(model.model_dump(mode="json"), prm=isinstance(model, PRMConfig))
 
 
 def build_app(args: dict):

@@ -7,8 +7,10 @@ project's engine takes token-id contexts and returns per-token logprobs, top-k l
 token ids (`StepRequest` / `StepResult`), so the router makes exactly the decisions the
 evaluation measured.
 
-Concurrent requests' steps meet in `EngineServer.generate`, a `serve.batch` method: what many
-router requests (and router replicas) ask within a few milliseconds goes to vLLM as one batch.
+Concurrent requests' steps each make their own `EngineServer.generate` call, and those calls
+meet in vLLM's continuous batching (`AsyncLLM`), with no batching hop of Serve's in between: a
+`serve.batch` method holds each batch until the previous one is done. A call cancelled because
+its client went away (Serve cancels a disconnected request) is aborted in vLLM.
 """
 
 from __future__ import annotations
@@ -39,24 +41,18 @@ class EngineServer(EngineHost):
 
     replaced_by = "Serve"
 
-    def __init__(
-        self,
-        model: dict,
-        prm: bool = False,
-        max_batch_size: int = 64,
-        batch_wait_timeout_s: float = 0.005,
-    ):
+    def __init__(self, model: dict, prm: bool = False):
         # prm: `model` is a `PRMConfig`, hosted by vLLM's pooling runner (it scores, not writes)
         super().__init__((PRMConfig if prm else ModelConfig).model_validate(model))
-        self.generate.set_max_batch_size(max_batch_size)
-        self.generate.set_batch_wait_timeout_s(batch_wait_timeout_s)
 
     async def info(self) -> dict:
         return await self.describe()
 
-    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.005)
-    async def generate(self, requests: list[StepRequest]) -> list[StepResult]:
-        return await self.generate_batch(requests)
+    async def generate(self, request: StepRequest) -> StepResult:
+        """One step. Concurrent calls (many requests, many router replicas) run at once and
+        meet in vLLM's continuous batching; a call cancelled because its client went away is
+        aborted in vLLM."""
+        return (await self.generate_batch([request]))[0]
 
     async def check_health(self) -> None:
         if not self.healthy():
@@ -65,8 +61,7 @@ class EngineServer(EngineHost):
 
 class ServeEngine:
     """A `StepEngine` over an `EngineServer` deployment handle: what the router's controller
-    holds. Each request is its own call, so the replica's `serve.batch` can merge them with
-    other requests' steps."""
+    holds. Each request is its own call, which vLLM batches with other requests' steps."""
 
     def __init__(self, handle, info: dict, timeout_s: float, on_latency=None) -> None:
         self.handle = handle

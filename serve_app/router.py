@@ -3,7 +3,7 @@
 Per request the router builds the problem from the last user message (chat) or the prompt
 (completions), picks the operating point named by the model id (or by the `routing` body field),
 and runs `Controller.solve`: the same draft → observe → decide → escalate loop the evaluation
-measured. Steps of concurrent requests meet in the engine deployments' `serve.batch`.
+measured. Steps of concurrent requests meet in vLLM's continuous batching, one engine call each.
 
 What each model id means (`router-b0.30`, `router-a0.99`, `router`, `small`, `large`) is
 `serve_app.routes`; exceptions become OpenAI-style HTTP errors in `api_error`, here.
@@ -29,6 +29,7 @@ from pipeline.data import Problem
 from serve_app import api
 from serve_app.api import APIError
 from serve_app.engines import EngineUnavailable, ServeEngine
+from serve_app.metrics import RouterMetrics
 from serve_app.routes import Route, build_routes
 
 log = logging.getLogger(__name__)
@@ -52,62 +53,15 @@ def api_error(exc: Exception) -> APIError:
     return APIError(500, "internal error; the router's log has the details", type="server_error")
 
 
+def _shutting_down() -> APIError:
+    return APIError(503, "the router is shutting down", type="server_error", code="shutting_down")
+
+
 @app.exception_handler(StarletteHTTPException)
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     # Unknown paths and methods: FastAPI raises before any endpoint runs.
     error = api_error(exc)
     return JSONResponse(error.body(), status_code=error.status)
-
-
-class RouterMetrics:
-    """The router's Serve metrics, which Ray's metrics agent exports to Prometheus."""
-
-    def __init__(self) -> None:
-        from ray.serve import metrics
-
-        self.requests = metrics.Counter(
-            "steproute_requests",
-            description="Requests answered, by model id and HTTP status.",
-            tag_keys=("model", "status"),
-        )
-        self.steps = metrics.Counter(
-            "steproute_steps",
-            description="Kept reasoning steps, by the model that wrote them.",
-            tag_keys=("route", "writer"),
-        )
-        self.escalations = metrics.Counter(
-            "steproute_escalations",
-            description="Steps escalated past the small model's draft (rate = / steproute_steps).",
-            tag_keys=("route",),
-        )
-        self.cost = metrics.Histogram(
-            "steproute_cost_per_request",
-            description="Cost per request in the configured cost model's units.",
-            boundaries=[10.0**k for k in range(4, 16)],
-            tag_keys=("route",),
-        )
-        self.step_latency = metrics.Histogram(
-            "steproute_step_latency_ms",
-            description="Latency of one engine step call, by model.",
-            boundaries=[1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000],
-            tag_keys=("model",),
-        )
-
-    def observe_step_latency(self, model: str, seconds: float) -> None:
-        self.step_latency.observe(seconds * 1000.0, tags={"model": model})
-
-    def count_answer(self, state, model: str) -> None:
-        """A request answered in full: its steps, escalations and cost, under its model id."""
-        tag = {"route": model}
-        for step in state.steps:
-            self.steps.inc(tags=tag | {"writer": step.model})
-        if state.escalations:
-            self.escalations.inc(state.escalations, tags=tag)
-        self.cost.observe(state.cost, tags=tag)
-        self.requests.inc(tags={"model": model, "status": "200"})
-
-    def count_error(self, model: str, status: int) -> None:
-        self.requests.inc(tags={"model": model, "status": str(status)})
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0})
@@ -130,7 +84,12 @@ class Router:
         self.point_policies = {
             p["policy"]: load_policy(p["policy"]) for p in points if p.get("policy")
         }
-        self.routes, self.default = build_routes(self.cfg, [OperatingPoint(**p) for p in points])
+        operating_points = [OperatingPoint(**p) for p in points]
+        self.routes, self.default = build_routes(self.cfg, operating_points)
+        # What a normalized cost is a fraction of (None for points calibrated before it was kept).
+        self.large_only_cost = next(
+            (p.large_only_cost for p in operating_points if p.large_only_cost), None
+        )
         self.api_keys = [k.encode() for k in api_keys]
         self.handles = engines
         self.engines_app = engines_app
@@ -141,6 +100,7 @@ class Router:
         )
         self.max_tokens = self.serve_cfg.max_tokens or self.cfg.routing.max_total_tokens
         self.in_flight = 0
+        self.draining = False  # set by `drain`: new requests get 503, those in flight finish
         self._controller = None
         self._starting: asyncio.Lock | None = None
         self.metrics = RouterMetrics()
@@ -258,8 +218,16 @@ class Router:
 
     # ------------------------------------------------------------------ endpoints
 
+    async def drain(self) -> int:
+        """Stop taking requests (they get 503); returns how many are still in flight. Called by
+        `steproute serve` on SIGTERM / Ctrl-C through the app's handle, until it returns 0."""
+        self.draining = True
+        return self.in_flight
+
     @app.get("/health")
     async def health(self) -> JSONResponse:
+        if self.draining:
+            return self._error(_shutting_down())
         try:
             await self._get_controller()
         except Exception as exc:
@@ -309,6 +277,8 @@ class Router:
                     param="max_tokens",
                 )
             question = req.question
+            if self.draining:
+                raise _shutting_down()
             if self.in_flight >= self.serve_cfg.max_ongoing_requests:
                 raise APIError(
                     429,
@@ -343,7 +313,8 @@ class Router:
             finally:
                 self.in_flight -= 1
             routing = self._finish(state, route, req.model)
-            return JSONResponse(req.response(rid, state, routing))
+            headers = api.routing_headers(routing, self.large_only_cost)
+            return JSONResponse(req.response(rid, state, routing), headers=headers)
         except Exception as exc:
             return self._error(exc, model)
 

@@ -43,13 +43,43 @@ def serve_command(
     console.print(
         f"[bold]serving[/] {cfg.name} at {base} (models: GET {base}/models); Ctrl-C stops"
     )
-    try:
-        import time
+    _wait_for_stop_signal()
+    _drain(cfg.serve.drain_timeout_s, cfg.serve.router_replicas)
+    serve.shutdown()
+    ray.shutdown()  # a local Ray this command started goes with it; a joined cluster stays
+    console.print("stopped")
 
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        serve.shutdown()
+
+def _wait_for_stop_signal() -> None:
+    """Block until SIGTERM or SIGINT (Ctrl-C)."""
+    import signal
+    import threading
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.wait(1.0):
+        pass
+    console.print("stopping: new requests get 503, requests in flight may finish")
+
+
+def _drain(timeout_s: float, replicas: int) -> None:
+    """Ask the router to stop taking requests until none is in flight, for up to `timeout_s`.
+    Each call reaches one replica; drained means `replicas` calls in a row found none busy."""
+    import time
+
+    from ray import serve
+
+    handle = serve.get_app_handle("steproute")
+    deadline = time.monotonic() + timeout_s
+    idle_answers = 0
+    while time.monotonic() < deadline and idle_answers < max(1, replicas):
+        left = handle.drain.remote().result(timeout_s=10)
+        idle_answers = idle_answers + 1 if left == 0 else 0
+        if left:
+            time.sleep(0.2)
+    if idle_answers < max(1, replicas):
+        console.print(f"drain timeout ({timeout_s:g} s): stopping with requests in flight")
 
 
 def sweep_command(

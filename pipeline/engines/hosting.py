@@ -71,6 +71,10 @@ class EngineHost:
             "child_pids": [p.pid for p in psutil.Process().children(recursive=True)],
         }
 
+    async def unfinished_requests(self) -> int:
+        """Requests the engine is still working on: 0 once every caller's call has ended."""
+        return self.engine.unfinished_requests()
+
     def healthy(self) -> bool:
         """False once the engine has errored (a dead vLLM engine core)."""
         inner = getattr(self.engine, "_engine", None)

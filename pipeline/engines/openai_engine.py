@@ -134,6 +134,10 @@ class OpenAIEngine:
         """Requests go out concurrently; the server batches them."""
         return list(await asyncio.gather(*(self.generate(r) for r in requests)))
 
+    def unfinished_requests(self) -> int:
+        """Requests sent and not yet answered."""
+        return self.limiter.in_flight
+
     async def reset_prefix_cache(self) -> None:
         """A no-op: the server's prefix cache is not this client's to reset."""
 

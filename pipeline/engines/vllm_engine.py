@@ -129,6 +129,10 @@ class VLLMEngine:
         """All requests in flight at once: continuous batching does the batching."""
         return list(await asyncio.gather(*(self.generate(r) for r in requests)))
 
+    def unfinished_requests(self) -> int:
+        """Requests vLLM is still working on (a cancelled call's request is aborted at once)."""
+        return self._engine.get_num_unfinished_requests()
+
     async def reset_prefix_cache(self) -> None:
         """Forget every cached prefix: the next requests compute their contexts from scratch
         (benchmarks measure a cold engine this way without restarting it)."""

@@ -28,9 +28,20 @@ CONFIG = REPO / "configs" / "testbed.yaml"
 KEY = "test-key-123"
 
 
+LARGE_ONLY_COST = 2.5e-4  # what the points say large-only cost per problem on calibration
+
+
 def _point(budget: float, kappa: float) -> OperatingPoint:
     return OperatingPoint(
-        f"budget-{budget}", kappa, "ltt", budget / 2, (0.0, budget), 0.7, (0.6, 0.8), 100
+        f"budget-{budget}",
+        kappa,
+        "ltt",
+        budget / 2,
+        (0.0, budget),
+        0.7,
+        (0.6, 0.8),
+        100,
+        large_only_cost=LARGE_ONLY_COST,
     )
 
 
@@ -395,3 +406,54 @@ def test_serving_a_baseline_needs_its_calibrated_points(tmp_path):
     overrides = {"output_dir": str(tmp_path), "routing": {"rule": "prm_threshold"}}
     with pytest.raises(ConfigError, match="steproute calibrate --rule prm_threshold"):
         build_app({"config": str(CONFIG), "overrides": overrides})
+
+
+def test_the_routing_totals_come_back_as_response_headers(server, problems):
+    reply = httpx.post(
+        f"{server}/v1/chat/completions",
+        json={
+            "model": "router-b0.70",
+            "messages": [{"role": "user", "content": problems[2].question}],
+        },
+        timeout=60,
+    )
+    assert reply.status_code == 200, reply.text
+    routing, headers = reply.json()["routing"], reply.headers
+    assert float(headers["x-steproute-cost"]) == routing["cost"] > 0
+    assert float(headers["x-steproute-cost-normalized"]) == pytest.approx(
+        routing["cost"] / LARGE_ONLY_COST
+    )
+    escalated = sum(s["escalated"] for s in routing["steps"])
+    assert int(headers["x-steproute-escalations"]) == routing["escalations"] == escalated
+    assert float(headers["x-steproute-routing-ms"]) == pytest.approx(
+        routing["routing_ms"], abs=1e-3
+    )
+    assert routing["routing_ms"] > 0
+
+
+def test_a_mid_stream_disconnect_stops_the_work_and_restores_the_in_flight_count(server, problems):
+    from ray import serve
+
+    engines = [
+        serve.get_deployment_handle(f"engine-{name}", app_name="steproute")
+        for name in ("small", "large")
+    ]
+    before = httpx.get(f"{server}/health", timeout=30).json()["in_flight"]
+    for problem in problems[:4]:
+        body = {
+            "model": "router-b0.70",  # escalates every step: both engines work
+            "stream": True,
+            "messages": [{"role": "user", "content": problem.question}],
+        }
+        with httpx.stream("POST", f"{server}/v1/chat/completions", json=body, timeout=60) as reply:
+            for line in reply.iter_lines():
+                if line.startswith("data: ") and '"routing_step"' in line:
+                    break  # the first step arrived: hang up with the rest still to solve
+        disconnected = time.monotonic()
+        while True:
+            busy = [h.unfinished_requests.remote().result(timeout_s=10) for h in engines]
+            in_flight = httpx.get(f"{server}/health", timeout=30).json()["in_flight"]
+            if busy == [0, 0] and in_flight == before:
+                break
+            assert time.monotonic() - disconnected < 1.0, (busy, in_flight)
+            time.sleep(0.05)
