@@ -1,17 +1,22 @@
-"""Serving overhead: the router endpoint against the same steps called on the engines directly.
+"""Serving throughput and overhead: the router endpoint against the same steps taken directly
+and by the rollout env, on the same engine deployments.
 
-For 1, 8 and 32 concurrent clients:
+For 1, 8, 32 and 64 concurrent clients (problems in flight):
 
     router  `POST /v1/chat/completions` over HTTP (model `router`, a fixed κ), through Serve's
             proxy and the `Router` ingress;
     direct  the router's work minus HTTP: in this process, `Controller.solve` with the same policy
-            and κ over the same engine deployments (`ServeEngine` handles), as many at a time.
+            and κ over the same engine deployments (`ServeEngine` handles), as many at a time;
+    env     the rollout env (`StepRoutingEnv`) over the same problems and deployments, that many
+            in flight, the same policy's actions: what the engines allow when every round's
+            steps are batched.
 
-Both arms solve the same problems, in A-B-B-A order (direct and router on one half, then router
-and direct on the other), each run starting with empty vLLM prefix caches; the table says
-for how many requests the two took exactly the same steps (same writer per step). Also measured:
-the policy's decision latency per step (one draft's features, as the router decides them).
-Goal: router p50 latency <= 1.05x direct; decision latency < 1 ms per step.
+All arms solve the same problems three times, in A-B-C, C-B-A, A-B-C order, each run starting
+with empty vLLM prefix caches; tables give the median and the spread. The overhead table says
+for how many requests router and direct took exactly the same steps (same writer per step).
+Also measured: the policy's decision latency per step.
+Goals: router steps/s >= 0.7x env at 32; router p50 latency <= 1.05x direct at 1, 8 and 32;
+decision latency < 1 ms per step.
 
     python -m benchmarks.serving --config configs/testbed.yaml [--quick] [--record]
         [--policy FOLDER | hand_set] [--kappa 0.5]
@@ -26,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import numpy as np
 
 from benchmarks.common import (
     Table,
@@ -161,79 +167,126 @@ async def decision_latency(controller: Controller, rule, problem, repeats: int) 
 
 @dataclass
 class Arm:
-    """One arm's requests at one concurrency, both halves of the A-B-B-A order together."""
+    """One arm's runs at one concurrency: per repetition, its latencies, wall time and steps."""
 
-    latencies: list[float] = field(default_factory=list)
-    wall: float = 0.0
+    runs: list[tuple[list[float], float, int]] = field(default_factory=list)
     writers: dict[str, list[str]] = field(default_factory=dict)  # problem id -> step writers
+
+    def add(self, latencies: list[float], wall: float, writers: list, problems) -> None:
+        self.runs.append((latencies, wall, sum(len(w) for w in writers)))
+        self.writers |= {p.id: w for p, w in zip(problems, writers, strict=True)}
+
+    def rates(self, requests: int) -> tuple[list[float], list[float]]:
+        """Requests/s and steps/s of each repetition."""
+        return [requests / wall for _, wall, _ in self.runs], [s / w for _, w, s in self.runs]
+
+    def p50s(self) -> list[float]:
+        return [percentile(latencies, 50) for latencies, _, _ in self.runs]
+
+    def p95s(self) -> list[float]:
+        return [percentile(latencies, 95) for latencies, _, _ in self.runs]
+
+
+def env_arm(cfg, engines: dict, problems, in_flight: int, rule):
+    """The rollout env (`StepRoutingEnv`, as RLlib drives it) over the same problems, `in_flight`
+    at a time, on the same engine deployments, with the same rule's actions: (wall, steps)."""
+    from benchmarks.rollout import make_env, run_episode
+
+    env, calls = make_env(cfg, engines, in_flight, len(problems))
+    env.problems = list(problems)
+    run = run_episode(env, calls, rule)
+    return run.seconds, run.steps
+
+
+ORDERS = (("direct", "router", "env"), ("env", "router", "direct"), ("direct", "router", "env"))
 
 
 async def measure_level(
-    controller: Controller, engines: dict, rule, base: str, problems, concurrency: int, kappa: float
+    cfg, controller: Controller, engines: dict, rule, base: str, problems, concurrency: int, kappa
 ) -> dict[str, Arm]:
-    """Both arms on the same problems, each with empty prefix caches."""
-    # A-B-B-A: each arm solves both halves, one early and one late, so that drift of the
-    # machine (other processes, caches, clocks) falls on both arms alike.
-    half = len(problems) // 2
-    arms = {"direct": Arm(), "router": Arm()}
-    for name, part in (("direct", 0), ("router", 0), ("router", 1), ("direct", 1)):
-        subset = problems[:half] if part == 0 else problems[half:]
-        await _reset_prefix_caches(engines)
-        if name == "direct":
-            latencies, wall, writers = await direct_arm(controller, rule, subset, concurrency)
-        else:
-            latencies, wall, writers = await router_arm(base, subset, concurrency, kappa)
-        arm = arms[name]
-        arm.latencies += latencies
-        arm.wall += wall
-        arm.writers |= {p.id: w for p, w in zip(subset, writers, strict=True)}
+    """Three repetitions of every arm on the same problems, in A-B-C, C-B-A, A-B-C order (drift
+    of the machine falls on all arms alike); each run starts with empty prefix caches."""
+    arms = {"direct": Arm(), "router": Arm(), "env": Arm()}
+    for order in ORDERS:
+        for name in order:
+            await _reset_prefix_caches(engines)
+            if name == "env":
+                wall, steps = await asyncio.to_thread(
+                    env_arm, cfg, engines, problems, concurrency, rule
+                )
+                arms["env"].runs.append(([], wall, steps))
+                continue
+            if name == "direct":
+                run = await direct_arm(controller, rule, problems, concurrency)
+            else:
+                run = await router_arm(base, problems, concurrency, kappa)
+            arms[name].add(*run, problems)
     return arms
 
 
-def overhead_row(concurrency: int, problems, arms: dict[str, Arm]) -> list:
-    """One table row: latency percentiles and throughput of both arms, and their agreement."""
-    direct, router = arms["direct"], arms["router"]
-    same = sum(direct.writers[p.id] == router.writers[p.id] for p in problems)
-    p50 = (percentile(router.latencies, 50), percentile(direct.latencies, 50))
-    p95 = (percentile(router.latencies, 95), percentile(direct.latencies, 95))
-    count = len(problems)
+def _median(values: list[float]) -> float:
+    return float(np.median(values))
+
+
+def _spread(values: list[float], digits: int = 1) -> str:
+    return f"{_median(values):.{digits}f} [{min(values):.{digits}f}-{max(values):.{digits}f}]"
+
+
+def throughput_row(concurrency: int, requests: int, arms: dict[str, Arm]) -> list:
+    """Requests/s and steps/s of each arm (median [min-max] of 3), and router/env steps/s."""
+    rates = {name: arm.rates(requests) for name, arm in arms.items()}
+    ratio = _median(rates["router"][1]) / _median(rates["env"][1])
     return [
         concurrency,
-        count,
-        p50[0],
-        p95[0],
-        p50[1],
-        p95[1],
-        f"{p50[0] / p50[1] - 1:+.1%}",
-        f"{p95[0] / p95[1] - 1:+.1%}",
-        count / router.wall,
-        count / direct.wall,
-        f"{same}/{count}",
+        requests,
+        *(_spread(rates[name][0]) for name in ("router", "direct", "env")),
+        *(_spread(rates[name][1], 0) for name in ("router", "direct", "env")),
+        f"{ratio:.2f}x",
+    ]
+
+
+def overhead_row(concurrency: int, problems, arms: dict[str, Arm]) -> list:
+    """Latency percentiles of router and direct (median of 3), the overhead per repetition's
+    p50 (median [min-max]), and whether both took the same steps."""
+    direct, router = arms["direct"], arms["router"]
+    same = sum(direct.writers[p.id] == router.writers[p.id] for p in problems)
+    overheads = [r / d - 1 for r, d in zip(router.p50s(), direct.p50s(), strict=True)]
+    p95 = _median(router.p95s()) / _median(direct.p95s()) - 1
+    return [
+        concurrency,
+        len(problems),
+        _median(router.p50s()),
+        _median(router.p95s()),
+        _median(direct.p50s()),
+        _median(direct.p95s()),
+        f"{_median(overheads):+.1%} [{min(overheads):+.1%} to {max(overheads):+.1%}]",
+        f"{p95:+.1%}",
+        f"{same}/{len(problems)}",
     ]
 
 
 async def measure(cfg, base: str, rule, problems, levels, kappa: float, decisions: int):
-    """The table rows, one per (clients, requests) level, and the policy's decision latency."""
+    """The rows of both tables, one per (clients, requests) level, and the decision latency."""
     engines = await _engine_handles(cfg)
     controller = Controller(cfg, engines)
     warm_up = problems[-2:-1]  # first calls through each path are not measured
     await direct_arm(controller, rule, warm_up, 1)
     await router_arm(base, warm_up, 1, kappa)
-    rows, offset = [], 0
+    throughput, overhead, offset = [], [], 0
     for concurrency, count in levels:
         chosen = problems[offset : offset + count]
         offset += count
-        arms = await measure_level(controller, engines, rule, base, chosen, concurrency, kappa)
-        rows.append(overhead_row(concurrency, chosen, arms))
-        p50 = percentile(arms["router"].latencies, 50)
-        print(f"{concurrency} clients: router p50 {p50:.3f} s", flush=True)
-    return rows, await decision_latency(controller, rule, problems[-1], decisions)
+        arms = await measure_level(cfg, controller, engines, rule, base, chosen, concurrency, kappa)
+        throughput.append(throughput_row(concurrency, count, arms))
+        overhead.append(overhead_row(concurrency, chosen, arms))
+        print(f"{concurrency} in flight: {throughput[-1]}", flush=True)
+    return throughput, overhead, await decision_latency(controller, rule, problems[-1], decisions)
 
 
 def main(argv=None) -> None:
-    args = parse_args("Router overhead vs. direct engine calls", argv, extra=_arguments)
+    args = parse_args("Serving throughput and overhead", argv, extra=_arguments)
     cfg = args.cfg
-    levels = [(1, 4), (2, 4)] if args.quick else [(1, 32), (8, 64), (32, 128)]
+    levels = [(1, 4), (2, 4)] if args.quick else [(1, 32), (8, 64), (32, 128), (64, 128)]
     started = time.perf_counter()
     policy = _policy(cfg, args.policy)
     connect_ray()
@@ -244,11 +297,51 @@ def main(argv=None) -> None:
     rule = make_rule("policy", policy=load_policy(policy), threshold=args.kappa)
     decisions = 200 if args.quick else 5000
     try:
-        rows, decide = asyncio.run(
+        throughput, overhead, decide = asyncio.run(
             measure(cfg, base, rule, problems, levels, args.kappa, decisions)
         )
     finally:
         serve.delete(APP)
+    report(
+        args,
+        [
+            _throughput_table(cfg, throughput),
+            _overhead_table(cfg, overhead, policy, args.kappa, decide),
+        ],
+        started,
+    )
+
+
+def _throughput_table(cfg, rows: list) -> Table:
+    table = Table(
+        f"Serving throughput — {label(cfg)}",
+        [
+            "clients / in flight",
+            "requests",
+            "router req/s",
+            "direct req/s",
+            "env problems/s",
+            "router steps/s",
+            "direct steps/s",
+            "env steps/s",
+            "router / env steps/s",
+        ],
+    )
+    for row in rows:
+        table.add(*row)
+    table.notes = [
+        "each cell: median [min-max] of 3 repetitions, arms in A-B-C, C-B-A, A-B-C order on the "
+        "same problems with the same policy and κ (so the same steps)",
+        "router: HTTP through Serve's proxy and the Router ingress, that many clients in a closed "
+        "loop; direct: Controller.solve per request on the same engine deployments, no HTTP; env: "
+        "the rollout env (StepRoutingEnv) with that many problems in flight on the same "
+        "deployments, each round's drafts and escalations batched",
+        "goal: router steps/s >= 0.7x env steps/s at 32",
+    ]
+    return table
+
+
+def _overhead_table(cfg, rows: list, policy: str, kappa: float, decide: float) -> Table:
     table = Table(
         f"Serving overhead — {label(cfg)}",
         [
@@ -260,21 +353,19 @@ def main(argv=None) -> None:
             "direct p95 s",
             "overhead p50",
             "overhead p95",
-            "router req/s",
-            "direct req/s",
             "same steps",
         ],
     )
     for row in rows:
         table.add(*row)
     table.notes = [
-        f"policy: {'hand-set linear' if policy == HAND_SET else 'trained'} at κ {args.kappa}; "
+        f"policy: {'hand-set linear' if policy == HAND_SET else 'trained'} at κ {kappa}; "
         f"policy decision latency: {decide * 1e3:.3f} ms per step (one draft; goal < 1 ms)",
-        "overhead = router latency / direct latency - 1; goal: <= +5 % at p50",
-        "direct = Controller.solve on the same engine deployments from the benchmark process "
-        "(no HTTP, no proxy, no ingress); prefix caches emptied before every arm",
+        "latencies: median of 3 repetitions; overhead p50 = router p50 / direct p50 - 1 per "
+        "repetition, median [min to max]; goal: <= +5 % at 1, 8 and 32 clients",
+        "prefix caches emptied before every run",
     ]
-    report(args, [table], started)
+    return table
 
 
 if __name__ == "__main__":

@@ -218,6 +218,12 @@ class Router:
 
     # ------------------------------------------------------------------ endpoints
 
+    async def stats(self) -> dict:
+        """This replica's requests in flight and resident memory (the soak test reads them)."""
+        import psutil
+
+        return {"in_flight": self.in_flight, "rss_bytes": psutil.Process().memory_info().rss}
+
     async def drain(self) -> int:
         """Stop taking requests (they get 503); returns how many are still in flight. Called by
         `steproute serve` on SIGTERM / Ctrl-C through the app's handle, until it returns 0."""

@@ -29,9 +29,11 @@ def data_dir() -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _data_env(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _data_env(data_dir: Path, monkeypatch: pytest.MonkeyPatch, tmp_path_factory) -> None:
     # The shipped configs read ${STEPROUTE_DATA_DIR:...}; point them at the same folder.
     monkeypatch.setenv("STEPROUTE_DATA_DIR", str(data_dir))
+    # Commands run by tests keep their log files out of the checkout.
+    monkeypatch.setenv("STEPROUTE_LOG_DIR", str(tmp_path_factory.getbasetemp() / "logs"))
     # Configs name paths relative to the repository root (models, outputs).
     monkeypatch.chdir(REPO)
 

@@ -139,3 +139,28 @@ def test_set_overrides_reach_the_loaded_config() -> None:
     assert cfg.serve.auth.mode == "on"  # YAML reads `on` as true: still the mode "on"
     with pytest.raises(typer.Exit):
         parse_overrides(["evaluation.limit"])
+
+
+def test_a_command_names_its_log_file_and_refuses_an_unknown_log_level(tmp_path) -> None:
+    """A real process: it logs to a file under $STEPROUTE_LOG_DIR and prints its path; its
+    warnings reach both the console and the file."""
+    import os
+
+    env = os.environ | {"STEPROUTE_LOG_DIR": str(tmp_path)}
+    env.pop("STEPROUTE_LOG_LEVEL", None)
+    command = [sys.executable, "-m", "pipeline.cli"]
+    config = str(REPO / "configs" / "omnimath_qwen25math.yaml")  # logs skipped records at WARNING
+    quiet = subprocess.run(
+        [*command, "data", "summary", "--config", config], env=env, capture_output=True, text=True
+    )
+    assert quiet.returncode == 0, quiet.stderr
+    (log_file,) = tmp_path.glob("steproute-data-*.log")
+    assert f"log: {log_file}" in quiet.stderr
+    assert "skipped" in quiet.stderr and "skipped" in log_file.read_text()
+    bad = subprocess.run(
+        [*command, "--log-level", "loud", "data", "summary"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 2 and "--log-level 'loud'" in bad.stderr

@@ -10,17 +10,16 @@ user's mistake becomes an error line. Each command lives in its group's module:
 
 from __future__ import annotations
 
-import logging
 from typing import Annotated
 
 import typer
-from rich.logging import RichHandler
 from typer.core import TyperGroup
 
-from pipeline.cli.console import err_console, fail
+from pipeline.cli.console import fail
 from pipeline.cli.data import data_summary, grade_file
 from pipeline.cli.evaluate import evaluate_command
 from pipeline.cli.jobs import pipeline_command, serve_command, sweep_command
+from pipeline.cli.logs import LEVELS, configure_logging
 from pipeline.cli.policy import calibrate_command, train_command
 from pipeline.cli.testbed import testbed_report, testbed_train, testbed_train_prm
 from pipeline.config import ConfigError
@@ -50,12 +49,23 @@ app = typer.Typer(
 
 
 @app.callback()
-def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(message)s",
-        handlers=[RichHandler(console=err_console, show_path=False)],
-    )
+def _main(
+    ctx: typer.Context,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Same as --log-level debug.")
+    ] = False,
+    log_level: Annotated[
+        str | None,
+        typer.Option(
+            help=f"What the console shows: {', '.join(LEVELS)} (default: $STEPROUTE_LOG_LEVEL, "
+            "else warning: progress, results and warnings; INFO lines go to the log file)."
+        ),
+    ] = None,
+) -> None:
+    try:
+        configure_logging("debug" if verbose else log_level, ctx.invoked_subcommand)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
 
 
 app.command("grade")(grade_file)

@@ -145,12 +145,13 @@ def pipeline_command(
     label = TESTBED_LABEL if cfg.dataset.name == "testbed" else cfg.dataset.name
     console.print(f"[bold]pipeline[/] {cfg.name} — {label}")
     started = time.perf_counter()
-    last: dict[str, float] = {}
+    seen: set[str] = set()
 
-    def progress(rule: str, done: int, total: int) -> None:
-        if done == total or time.perf_counter() - last.get(rule, 0.0) > 20:
-            last[rule] = time.perf_counter()
-            console.print(f"  {rule}: {done}/{total} problems")
+    def progress(shown: str, done: int, total: int) -> None:  # one line per rule, not per κ
+        rule = shown.split("@")[0]
+        if rule not in seen:
+            seen.add(rule)
+            console.print(f"  {rule}: {total} problems at each of its operating points")
 
     def iteration(i: int, metrics: dict) -> None:
         console.print(
