@@ -65,15 +65,15 @@ def _bad_body(rng: random.Random, question: str) -> tuple[str, bytes]:
 
 
 def _good_body(rng: random.Random, question: str, models: list[str]) -> tuple[str, str, dict]:
-    model, stream = rng.choice(models), rng.random() < 0.5
-    if rng.random() < 0.5:
+    model, stream, chat = rng.choice(models), rng.random() < 0.5, rng.random() < 0.5
+    if chat:
         body = {"model": model, "messages": [{"role": "user", "content": question}]}
         path = "/v1/chat/completions"
     else:
         body, path = {"model": model, "prompt": question}, "/v1/completions"
     if stream:
         body |= {"stream": True, "stream_options": {"include_usage": True}}
-    kind = f"{'stream' if stream else 'plain'} {path.rsplit('/', 1)[-1]}"
+    kind = f"{'stream' if stream else 'plain'} {'chat' if chat else 'completions'}"
     return kind, path, body
 
 
