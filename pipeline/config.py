@@ -163,15 +163,18 @@ class ModelConfig(_Frozen):
         return self
 
 
+def _absolute_if_local(value: str | None) -> str | None:
+    """`value` as an absolute path when it names something on this machine, else None."""
+    return str(Path(value).resolve()) if value and Path(value).exists() else None
+
+
 def local_paths_absolute(model: ModelConfig) -> ModelConfig:
     """`model` with a local folder made absolute, for code that runs in another directory (Ray
     actors, Serve replicas, Tune trials). A hosted model's weights are its `path`; a model behind
     an endpoint keeps `path` as written (it is the server's name for the model), and a local
     folder there becomes its `tokenizer`."""
 
-    def local(value: str | None) -> str | None:
-        return str(Path(value).resolve()) if value and Path(value).exists() else None
-
+    local = _absolute_if_local
     if model.engine != "openai":
         return model.model_copy(update={"path": local(model.path) or model.path})
     tokenizer = local(model.tokenizer) or model.tokenizer or local(model.path)
@@ -617,7 +620,7 @@ class ExperimentConfig(_Frozen):
         Ray actors). `models=False` keeps model paths as written: the step cache keys on them."""
 
         def resolve(value: str | None) -> str | None:
-            return str(Path(value).resolve()) if value and Path(value).exists() else value
+            return _absolute_if_local(value) or value
 
         ladder = tuple(local_paths_absolute(m) if models else m for m in self.models)
         prm = local_paths_absolute(self.prm) if self.prm and models else self.prm
