@@ -23,11 +23,17 @@ from pipeline.calibration import load_operating_points
 from pipeline.config import ConfigError, ExperimentConfig, PRMConfig, load_config
 from pipeline.policy import HAND_SET
 from serve_app.engines import EngineServer
+from serve_app.request_path import request_path_env
 from serve_app.router import Router
 
 __all__ = ["api_keys", "auth_required", "build_app", "policy_dir", "served_points"]
 
 LOOPBACK_NAMES = {"localhost", "ip6-localhost"}
+
+
+def _actor_options(**options) -> dict:
+    """`ray_actor_options` for one of this app's replicas, with the request-path settings."""
+    return options | {"runtime_env": {"env_vars": request_path_env()}}
 
 
 def auth_required(cfg: ExperimentConfig) -> bool:
@@ -102,11 +108,11 @@ def policy_dir(cfg: ExperimentConfig) -> str:
 def _engine_deployment(model, cfg: ExperimentConfig):
     """One model's `EngineServer` deployment, `engine-<name>` (the PRM's too)."""
     resources = model.resources
-    options: dict = {
-        "num_cpus": resources.num_cpus,
-        "num_gpus": resources.num_gpus,
-        "resources": dict(resources.custom_resources),
-    }
+    options = _actor_options(
+        num_cpus=resources.num_cpus,
+        num_gpus=resources.num_gpus,
+        resources=dict(resources.custom_resources),
+    )
     return EngineServer.options(
         name=f"engine-{model.name}",
         num_replicas=cfg.serve.engine_replicas,
@@ -127,7 +133,7 @@ def build_app(args: dict):
     router_options: dict = {
         # Requests past our own limit must reach the router to get a 429, not wait in a queue.
         "max_ongoing_requests": serve_cfg.max_ongoing_requests * 2 + 8,
-        "ray_actor_options": {"num_cpus": serve_cfg.router_num_cpus},
+        "ray_actor_options": _actor_options(num_cpus=serve_cfg.router_num_cpus),
     }
     if serve_cfg.autoscaling:
         router_options["autoscaling_config"] = serve_cfg.autoscaling

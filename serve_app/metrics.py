@@ -4,6 +4,8 @@ latency of each engine step."""
 
 from __future__ import annotations
 
+from collections import Counter
+
 __all__ = ["RouterMetrics"]
 
 
@@ -47,8 +49,8 @@ class RouterMetrics:
     def count_answer(self, state, model: str) -> None:
         """A request answered in full: its steps, escalations and cost, under its model id."""
         tag = {"route": model}
-        for step in state.steps:
-            self.steps.inc(tags=tag | {"writer": step.model})
+        for writer, count in Counter(step.model for step in state.steps).items():
+            self.steps.inc(count, tags=tag | {"writer": writer})
         if state.escalations:
             self.escalations.inc(state.escalations, tags=tag)
         self.cost.observe(state.cost, tags=tag)
