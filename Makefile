@@ -21,26 +21,31 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --disable-pip-version-check -q -e ".[$(EXTRA),dev]"
+	@echo "setup: installing steproute[$(EXTRA),dev] into $(VENV) (the first time takes minutes); pip's log: $(VENV)/pip-install.log"
+	@$(BIN)/pip install --disable-pip-version-check -q -e ".[$(EXTRA),dev]" > $(VENV)/pip-install.log 2>&1 \
+	  || { tail -n 40 $(VENV)/pip-install.log; echo "setup: pip install failed; its log: $(VENV)/pip-install.log" >&2; exit 1; }
 ifeq ($(EXTRA),cpu)
 	@# CUDA builds pulled in as dependencies: they break transformers' import on CPU
 	@# (and triton has no CPU backend). vLLM on CPU needs none of them.
-	$(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec triton 2>/dev/null || true
+	@$(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec triton >/dev/null 2>&1 || true
 endif
 	@touch $(STAMP)
 
 demo: setup
-	$(BIN)/steproute data summary \
+	@echo "== steproute data summary: problem counts per benchmark and split"
+	@$(BIN)/steproute data summary \
 		--config configs/testbed.yaml \
 		--config configs/gsm8k_qwen25math.yaml \
 		--config configs/math500_qwen25math.yaml \
 		--config configs/omnimath_qwen25math.yaml
-	$(BIN)/steproute testbed report --config configs/testbed.yaml --problems 100
+	@echo "== steproute testbed report --problems 100: the testbed's routing signal"
+	@$(BIN)/steproute testbed report --config configs/testbed.yaml --problems 100
 	@# The main job on the CPU testbed with a local Ray: baselines, RLlib PPO training,
 	@# calibration, evaluation (report: runs/testbed/evaluation/report.md). Stages whose outputs
 	@# match the config are kept, so a second run takes a fraction of the time. The demo
 	@# evaluates and calibrates on 400 problems each; drop the --set flags for the full splits.
-	$(BIN)/steproute pipeline --config configs/testbed.yaml \
+	@echo "== steproute pipeline --config configs/testbed.yaml --set evaluation.limit=400 --set calibration.limit=400"
+	@$(BIN)/steproute pipeline --config configs/testbed.yaml \
 		--set evaluation.limit=400 --set calibration.limit=400
 
 test: setup

@@ -184,7 +184,7 @@ def target_checks(report: TestbedReport, small: str, large: str) -> list[TargetC
             report.cost_ratio >= COST_RATIO_MIN,
         ),
         TargetCheck(
-            f"repair rate (first wrong step escalated, {report.repairable} failures)",
+            f"repair rate, first wrong step escalated (n={report.repairable})",
             f"{report.repair_rate:.1%}",
             ">= 60 %",
             report.repair_rate >= REPAIR_RATE_MIN,

@@ -259,7 +259,8 @@ def build_ppo_config(
             entropy_coeff=t.entropy_coeff,
         )
         .callbacks(LagrangianCallback)
-        .debugging(seed=t.seed)
+        # No Tune CPU/GPU monitor thread (it is not one of our metrics and warns without GPUtil).
+        .debugging(seed=t.seed, log_sys_usage=False)
     )
 
 

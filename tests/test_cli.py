@@ -164,3 +164,33 @@ def test_a_command_names_its_log_file_and_refuses_an_unknown_log_level(tmp_path)
         text=True,
     )
     assert bad.returncode == 2 and "--log-level 'loud'" in bad.stderr
+
+
+def test_ray_and_rllib_warnings_go_to_the_log_file_when_the_console_is_quiet(tmp_path) -> None:
+    """Ray and RLlib put console handlers of their own on their loggers: with the console at
+    warning, a Ray command files their warnings and still shows their errors; at info, the
+    console shows their warnings again."""
+    import os
+
+    env = os.environ | {"STEPROUTE_LOG_DIR": str(tmp_path)}
+    script = (
+        "import logging, sys\n"
+        "from pipeline.cli.logs import configure_logging\n"
+        "configure_logging(sys.argv[1], 'train')\n"
+        "logging.getLogger('ray.rllib.algorithms.x').warning('rllib-note')\n"
+        "logging.getLogger('ray.tune.x').warning('ray-note')\n"
+        "logging.getLogger('ray.rllib.algorithms.x').error('rllib-error')\n"
+    )
+    quiet = subprocess.run(
+        [sys.executable, "-c", script, "warning"], env=env, capture_output=True, text=True
+    )
+    assert quiet.returncode == 0, quiet.stderr
+    (log_file,) = tmp_path.glob("steproute-train-*.log")
+    filed = log_file.read_text()
+    assert "rllib-note" not in quiet.stderr and "ray-note" not in quiet.stderr
+    assert "rllib-error" in quiet.stderr
+    assert all(line in filed for line in ("rllib-note", "ray-note", "rllib-error"))
+    loud = subprocess.run(
+        [sys.executable, "-c", script, "info"], env=env, capture_output=True, text=True
+    )
+    assert "rllib-note" in loud.stderr and "ray-note" in loud.stderr

@@ -50,6 +50,48 @@ def serve_command(
     console.print("stopped")
 
 
+class _StageLine:
+    """The pipeline's progress, one line per stage: "stage baselines: small_only large_only …
+    done in 2.7 min" (the rules appear as each starts); training adds one line per PPO
+    iteration."""
+
+    def __init__(self) -> None:
+        self.open = False  # a stage's line is printed up to its rules, not yet ended
+        self.rules: set[str] = set()
+
+    def say(self, message: str) -> None:
+        if message.endswith(": running"):
+            console.print(message.removesuffix("running"), end="", soft_wrap=True)
+            self.open, self.rules = True, set()
+            return
+        if self.open and message.startswith("stage ") and ": done in" in message:
+            console.print(message.split(": ", 1)[1], soft_wrap=True)
+            self.open = False
+            return
+        self._end_line()
+        console.print(message, soft_wrap=True)
+
+    def rule(self, shown: str, done: int, total: int) -> None:  # one word per rule, not per κ
+        rule = shown.split("@")[0]
+        if rule not in self.rules:
+            first = not self.rules
+            self.rules.add(rule)
+            counted = f"{total} problems per operating point: " if first else ""
+            console.print(f"{counted}{rule} ", end="", soft_wrap=True)
+
+    def iteration(self, i: int, metrics: dict) -> None:
+        self._end_line()
+        console.print(
+            f"  PPO iteration {i}: accuracy {metrics.get('rollout/accuracy', float('nan')):.3f}, "
+            f"cost {metrics.get('rollout/cost_normalized', float('nan')):.3f}"
+        )
+
+    def _end_line(self) -> None:
+        if self.open:
+            console.print()
+            self.open = False
+
+
 def _wait_for_stop_signal() -> None:
     """Block until SIGTERM or SIGINT (Ctrl-C)."""
     import signal
@@ -145,22 +187,9 @@ def pipeline_command(
     label = TESTBED_LABEL if cfg.dataset.name == "testbed" else cfg.dataset.name
     console.print(f"[bold]pipeline[/] {cfg.name} — {label}")
     started = time.perf_counter()
-    seen: set[str] = set()
-
-    def progress(shown: str, done: int, total: int) -> None:  # one line per rule, not per κ
-        rule = shown.split("@")[0]
-        if rule not in seen:
-            seen.add(rule)
-            console.print(f"  {rule}: {total} problems at each of its operating points")
-
-    def iteration(i: int, metrics: dict) -> None:
-        console.print(
-            f"  PPO iteration {i}: accuracy {metrics.get('rollout/accuracy', float('nan')):.3f}, "
-            f"cost {metrics.get('rollout/cost_normalized', float('nan')):.3f}"
-        )
-
+    line = _StageLine()
     results = run_pipeline(
-        cfg, force=force, say=console.print, progress=progress, on_iteration=iteration
+        cfg, force=force, say=line.say, progress=line.rule, on_iteration=line.iteration
     )
     ran = [r.stage for r in results if not r.skipped]
     console.print(
@@ -176,9 +205,12 @@ def pipeline_command(
     for row in summary.itertuples():
         table.add_row(str(row.rule), *(format_metric(getattr(row, c, None)) for c in columns))
     console.print(table)
-    console.print(f"report: {folder / 'report.md'}")
-    console.print(f"plots:  {folder / 'accuracy_cost.png'}, {folder / 'escalation_by_step.png'}")
-    console.print(f"MLflow: mlflow ui --backend-store-uri {cfg.mlflow_uri}")
-    console.print(f"serve:  steproute serve --config {config}")
+    for line in (  # paths and commands whole, never folded, so that they can be copied
+        f"report: {folder / 'report.md'}",
+        f"plots:  {folder / 'accuracy_cost.png'}, {folder / 'escalation_by_step.png'}",
+        f"MLflow: mlflow ui --backend-store-uri {cfg.mlflow_uri}",
+        f"serve:  steproute serve --config {config}",
+    ):
+        console.print(line, soft_wrap=True)
     if serve_after:
         serve_command(config=config, host=None, port=None, policy=None)

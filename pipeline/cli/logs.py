@@ -20,7 +20,7 @@ from rich.logging import RichHandler
 
 from pipeline.cli.console import err_console
 
-__all__ = ["LEVELS", "configure_logging"]
+__all__ = ["LEVELS", "RAY_COMMANDS", "RLLIB_COMMANDS", "configure_logging"]
 
 LEVELS = ("debug", "info", "warning", "error")
 
@@ -30,9 +30,18 @@ _QUIET_LIBRARIES = {
     "VLLM_LOGGING_LEVEL": "ERROR",  # engine start-up banners, per engine and per actor
     "RAY_LOGGER_LEVEL": "warning",  # "Started a local Ray instance", dashboard lines
     "TORCH_CPP_LOG_LEVEL": "ERROR",  # torch's C++ warnings (no Triton on CPU, NUMA binding)
-    "TQDM_DISABLE": "1",  # weight-loading progress bars
+    "TORCH_LOGS": "-torch",  # torch's Python-side warnings ("Triton not available")
+    "TQDM_DISABLE": "1",  # progress bars (vLLM's weight loading reads it: engine_kwargs)
+    "MLFLOW_LOGGING_LEVEL": "WARNING",  # MLflow's INFO lines on first use of a store
     "PYTHONWARNINGS": "ignore::FutureWarning,ignore::DeprecationWarning",
 }
+
+
+# Commands that start or join Ray: Ray's own log lines (its warnings too, such as RLlib's
+# notes on building an algorithm or the token-auth notice) go to their log file when the console
+# is quiet. Ray adds its console handler on import, so these commands import it up front.
+RAY_COMMANDS = {"evaluate", "train", "calibrate", "serve", "sweep", "pipeline"}
+RLLIB_COMMANDS = {"train", "sweep", "pipeline"}  # RLlib adds a console handler of its own
 
 
 def configure_logging(level: str | None, command: str | None) -> Path | None:
@@ -47,7 +56,9 @@ def configure_logging(level: str | None, command: str | None) -> Path | None:
             os.environ.setdefault(name, value)
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
-    console = RichHandler(console=err_console, show_path=False, level=console_level)
+    console = RichHandler(
+        console=err_console, show_path=False, show_time=False, level=console_level
+    )
     handlers: list[logging.Handler] = [console]
     path = None
     if command:
@@ -62,4 +73,21 @@ def configure_logging(level: str | None, command: str | None) -> Path | None:
     logging.basicConfig(
         level=min(console_level, logging.INFO), format="%(message)s", handlers=handlers, force=True
     )
+    if command in RAY_COMMANDS and console_level > logging.INFO:
+        import ray  # noqa: F401  (adds Ray's console handler to the "ray" logger)
+
+        _file_logger("ray", handlers[1:])
+        if command in RLLIB_COMMANDS:
+            import ray.rllib  # noqa: F401  (adds RLlib's to "ray.rllib", which does not propagate)
+
+            _file_logger("ray.rllib", handlers[1:])
     return path
+
+
+def _file_logger(name: str, files: list[logging.Handler]) -> None:
+    """The library logger's console handlers show only its errors; the rest goes to `files`."""
+    library = logging.getLogger(name)
+    for handler in library.handlers:
+        handler.setLevel(logging.ERROR)
+    for handler in files:
+        library.addHandler(handler)

@@ -105,7 +105,8 @@ def testbed_report(
     console.print(
         f"step accuracy: {small.name} {s.step_accuracy:.1%} over {s.steps} steps, "
         f"{large.name} {g.step_accuracy:.1%} over {g.steps} steps; costs are normalized to "
-        "large-only (pipeline/cost.py)"
+        "large-only (pipeline/cost.py)",
+        soft_wrap=True,
     )
     if write_card:
         models_dir = Path(small.path).parent

@@ -42,6 +42,7 @@ def engine_kwargs(model: ModelConfig) -> dict:
         "enable_prefix_caching": True,
         "enforce_eager": _on_cpu(),  # no CUDA graphs to capture on CPU
         "seed": model.sampling.seed or 0,
+        "use_tqdm_on_load": os.environ.get("TQDM_DISABLE", "") not in ("1", "true", "True"),
         **{key: value for key, value in optional.items() if value is not None},
     }
 
