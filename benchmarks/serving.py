@@ -46,7 +46,7 @@ from pipeline.controller import Controller
 from pipeline.data import load_split
 from pipeline.policy import HAND_SET, load_policy
 from pipeline.rules import make_rule
-from serve_app.request_path import use_request_path_env
+from serve_app.request_path import use_grpc_handles
 
 APP = "steproute-bench"
 
@@ -290,7 +290,7 @@ def main(argv=None) -> None:
     levels = [(1, 4), (2, 4)] if args.quick else [(1, 32), (8, 64), (32, 128), (64, 128)]
     started = time.perf_counter()
     policy = _policy(cfg, args.policy)
-    use_request_path_env()  # the direct arm's handles call the engines as the router's do
+    use_grpc_handles()  # the direct arm's handles call the engines as the router's do
     connect_ray()
     from ray import serve
 

@@ -8,16 +8,17 @@ benchmarks/serving.py (RESULTS.md).
 
 `build_app` puts them in each replica's `runtime_env`, so they hold on any cluster. Any of them
 set in the environment wins. A process that calls the deployments through handles (the serving
-benchmark) calls `use_request_path_env` before it imports `ray.serve`, which reads them once: it
-takes the same transport (gRPC) but keeps the handles' router on its own loop, since such a
-process may drive handles from more than one event loop (the rollout env runs its own).
+benchmark) calls `use_grpc_handles` before it imports `ray.serve`, which reads its settings
+once: it takes only the same transport (gRPC) and keeps the handles' router on its own loop,
+since such a process may drive handles from more than one event loop (the rollout env runs its
+own).
 """
 
 from __future__ import annotations
 
 import os
 
-__all__ = ["REQUEST_PATH_ENV", "request_path_env", "use_request_path_env"]
+__all__ = ["REQUEST_PATH_ENV", "request_path_env", "use_grpc_handles"]
 
 REQUEST_PATH_ENV = {
     "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
@@ -34,7 +35,7 @@ def request_path_env() -> dict[str, str]:
     return {name: os.environ.get(name, value) for name, value in REQUEST_PATH_ENV.items()}
 
 
-def use_request_path_env() -> None:
+def use_grpc_handles() -> None:
     """The handles of this process call deployments over gRPC, as the router's do (kept where
     already set)."""
     os.environ.setdefault(
