@@ -16,6 +16,14 @@ the smallest κ whose cost stays under it.
   With probability ≥ 1 − δ, every selected κ meets its target in expectation on new problems,
   *assuming* calibration and deployment problems are exchangeable (i.i.d. from one
   distribution) and per-problem costs do not exceed `cost_max`.
+
+A budget is a fraction of large-only cost, i.e. a ratio of two means: E[cost] ≤ b · E[large-only
+cost]. When a grid point carries large-only's cost on the same problems (`GridPoint.large_cost`,
+as `choose_points` builds them), LTT tests exactly that, as "E[cost − b · large_cost] > 0". A
+problem's cost under the router and under large-only rise together with its length, so the
+difference spreads less than the cost alone and the same δ certifies a κ nearer the budget; the
+guarantee is then about the population ratio, not about the calibration split's own large-only
+mean taken as exact.
 """
 
 from __future__ import annotations
@@ -54,6 +62,9 @@ class GridPoint:
     kappa: float
     cost: np.ndarray  # normalized cost per problem
     correct: np.ndarray  # 0/1 per problem
+    # Large-only's normalized cost on the same problems, in the same order (its mean is 1 on the
+    # calibration split); None: budgets are tested on `cost` alone, against a fixed large-only mean.
+    large_cost: np.ndarray | None = None
 
 
 TARGETS = ("budget", "accuracy_x_large", "accuracy")
@@ -154,20 +165,28 @@ def bernstein_upper_bound(values: np.ndarray, delta: float, upper: float) -> flo
     )
 
 
-def betting_certifies(values: np.ndarray, budget: float, delta: float, upper: float) -> bool:
+def betting_certifies(
+    values: np.ndarray, budget: float, delta: float, upper: float, lower: float = 0.0
+) -> bool:
     """Does a betting test reject "mean ≥ budget" at level δ (Waudby-Smith & Ramdas 2023,
-    the test LTT recommends)? Values are i.i.d. in [0, upper], taken in their given order.
+    the test LTT recommends)? Values are i.i.d. in [lower, upper], taken in their given order.
 
     Wealth starts at 1 and bets, each problem, that its cost falls below the budget:
-    K_t = ∏ (1 + λ_t (m − x_t)) with x = value / upper, m = budget / upper, and λ_t chosen
+    K_t = ∏ (1 + λ_t (m − x_t)) with x and m the value and the budget rescaled from
+    [lower, upper] to [0, 1], and λ_t chosen
     from the problems before t only (predictable plug-in: larger when past costs spread little).
     If the mean were ≥ m, K would be a nonnegative supermartingale, so it reaches 1/δ with
     probability ≤ δ (Ville's inequality): reaching it certifies the budget. Adapts to the spread
     of the costs without the empirical Bernstein bound's range term."""
-    m = budget / upper
+    span = upper - lower
+    if span <= 0:
+        raise ValueError(f"empty value range [{lower}, {upper}]")
+    m = (budget - lower) / span
     if m >= 1:
-        return True  # no cost can exceed the budget
-    x = np.clip(np.asarray(values, dtype=float) / upper, 0.0, 1.0)
+        return True  # no value can exceed the budget
+    if m <= 0:
+        return False  # no value lies below the budget: nothing to bet on
+    x = np.clip((np.asarray(values, dtype=float) - lower) / span, 0.0, 1.0)
     n = len(x)
     # Running mean and variance of the costs before each problem (priors 1/2 and 1/4).
     sums = np.concatenate([[0.0], np.cumsum(x)[:-1]])
@@ -265,6 +284,11 @@ def calibrate_budget(
     bound = _cost_bound(grid, cost_max)
 
     def passes(g: GridPoint) -> bool:
+        if method == "ltt" and g.large_cost is not None:
+            # The ratio itself: E[cost − budget · large_cost] ≤ 0, the difference in
+            # [−budget · max large_cost, bound].
+            lower = -budget * float(np.max(g.large_cost))
+            return betting_certifies(g.cost - budget * g.large_cost, 0.0, delta, bound, lower)
         if method == "ltt":
             return betting_certifies(g.cost, budget, delta, bound)
         return float(np.mean(g.cost)) <= budget
@@ -338,8 +362,21 @@ def choose_points(cfg, rows, rule: str = "policy") -> list[OperatingPoint]:
     cal = cfg.calibration
     large = rows[rows.rule == "large_only"]
     large_cost, large_accuracy = float(large.cost.mean()), float(large.correct.mean())
+    large_by_problem = large.set_index("problem_id").cost / large_cost
+    unmatched = set(rows[rows.rule == rule].problem_id) - set(large_by_problem.index)
+    if unmatched:
+        raise ValueError(
+            f"the calibration rows of rule '{rule}' hold {len(unmatched)} problem(s) that "
+            f"large_only did not run (e.g. {sorted(unmatched)[0]!r}): budgets are fractions of "
+            "large-only cost on the same problems"
+        )
     grid = [
-        GridPoint(float(kappa), group.cost.to_numpy() / large_cost, group.correct.to_numpy(float))
+        GridPoint(
+            float(kappa),
+            group.cost.to_numpy() / large_cost,
+            group.correct.to_numpy(float),
+            large_by_problem.loc[group.problem_id].to_numpy(),
+        )
         for kappa, group in rows[rows.rule == rule].groupby("threshold")
     ]
     if not grid:

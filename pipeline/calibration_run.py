@@ -1,7 +1,9 @@
 """Calibrating a thresholded rule on the engines: run it over the κ grid on the calibration
 split (`rule_grid`), choose the operating points from those rows (`pipeline.calibration`), and
 save them: beside the policy for the learned policy (`calibrate_policy`), in
-`<output_dir>/rules/<rule>` for a baseline such as prm_threshold (`calibrate_rule`).
+`<output_dir>/rules/<rule>` for a baseline such as prm_threshold (`calibrate_rule`). The grid's
+per-problem rows go beside them (`calibration_rows.parquet`), so the choice can be audited, or
+redone with other budgets, without the engines.
 
 `pipeline.calibration` holds the statistics and reads nothing but rows; this module runs the
 engines, through the evaluation harness, to produce the rows.
@@ -19,7 +21,13 @@ from pipeline.engines.cache import StepCache
 from pipeline.engines.launch import engine_pool
 from pipeline.evaluation import evaluate_with
 
-__all__ = ["calibrate_policy", "calibrate_rule", "policy_grid", "rule_grid"]
+__all__ = [
+    "calibrate_policy",
+    "calibrate_rule",
+    "policy_grid",
+    "rule_grid",
+    "save_calibration_rows",
+]
 
 
 def rule_grid(cfg, rule: str, policy_dir: str | Path | None = None, engines: dict | None = None):
@@ -58,8 +66,10 @@ def calibrate_policy(
     """Run the policy over a κ grid on the calibration split, pick one operating point per
     budget in `calibration.budgets` and per accuracy target in `calibration.accuracy_targets`
     (fractions of large-only accuracy), save them beside the policy."""
-    chosen = choose_points(cfg, policy_grid(cfg, policy_dir, engines))
+    rows = policy_grid(cfg, policy_dir, engines)
+    chosen = choose_points(cfg, rows)
     save_operating_points(chosen, policy_dir)
+    save_calibration_rows(rows, policy_dir)
     return chosen
 
 
@@ -68,8 +78,23 @@ def calibrate_rule(cfg, rule: str, engines: dict | None = None) -> list[Operatin
     where evaluation and `steproute serve` (with `routing.rule: <rule>`) read them."""
     if rule == "policy":
         raise ValueError("calibrate the policy with calibrate_policy(cfg, policy_dir)")
-    chosen = choose_points(cfg, rule_grid(cfg, rule, engines=engines), rule)
+    rows = rule_grid(cfg, rule, engines=engines)
+    chosen = choose_points(cfg, rows, rule)
     folder = cfg.rule_dir(rule)
     folder.mkdir(parents=True, exist_ok=True)
     save_operating_points(chosen, folder)
+    save_calibration_rows(rows, folder)
     return chosen
+
+
+ROWS_FILE = "calibration_rows.parquet"
+
+
+def save_calibration_rows(rows, folder: str | Path) -> Path:
+    """The grid's per-problem outcomes (no traces) beside the points chosen from them:
+    `choose_points(cfg, pandas.read_parquet(path), rule)` chooses them again."""
+    path = Path(folder) / ROWS_FILE
+    keep = ["rule", "threshold", "problem_id", "correct", "cost"]
+    keep += [c for c in rows.columns if c.startswith("cost_")]
+    rows[keep].to_parquet(path, index=False)
+    return path

@@ -156,6 +156,37 @@ def test_the_betting_test_certifies_budgets_nearer_the_mean_than_the_bounds() ->
     assert betting_certifies(np.zeros(50), 1.0, 0.1, 1.0)  # no cost can exceed the range
 
 
+def _length_scaled_grid(rng: np.random.Generator, n: int, ratio: bool) -> list[GridPoint]:
+    """Problems of varied length: large-only costs the length, the router at κ a share of it
+    (mean `true_cost(κ)`), so the true budget ratio E[cost] / E[large-only cost] is
+    `true_cost(κ)`. Costs normalized by the sample's large-only mean, as `choose_points` does."""
+    length = rng.uniform(0.3, 1.7, n)
+    grid = []
+    for kappa in np.linspace(0.05, 0.95, 181):  # fine: κ 0.0045 of cost apart
+        mean = true_cost(kappa)
+        share = rng.beta(4 * mean, 4 * (1 - mean) + 1e-9, size=n)
+        correct = (rng.random(n) < true_accuracy(kappa)).astype(float)
+        large = length / length.mean()
+        grid.append(GridPoint(float(kappa), share * large, correct, large if ratio else None))
+    return grid
+
+
+def test_ltt_tests_a_budget_as_the_ratio_it_is_and_lands_nearer_it() -> None:
+    """With large-only's per-problem cost beside the router's, LTT tests E[cost − b · large] ≤ 0:
+    the guarantee holds at δ, and the chosen κ costs nearer the budget than when the same
+    costs are tested alone (their spread includes the problems' lengths)."""
+    delta, budget, trials = 0.1, 0.5, 200
+    failures, gaps = 0, {True: [], False: []}
+    for seed in range(trials):
+        for ratio in (True, False):
+            grid = _length_scaled_grid(np.random.default_rng(seed), 400, ratio)
+            point = calibrate_budget(grid, budget, "ltt", delta)
+            gaps[ratio].append(budget - (true_cost(point.kappa) if point else true_cost(1.0)))
+            failures += ratio and point is not None and true_cost(point.kappa) > budget
+    assert failures / trials <= delta
+    assert np.mean(gaps[True]) < 0.85 * np.mean(gaps[False]), {k: np.mean(g) for k, g in gaps.items()}
+
+
 def test_operating_points_round_trip(tmp_path) -> None:
     grid = synthetic_grid(np.random.default_rng(0), 50)
     points = [calibrate_budget(grid, 0.6), calibrate_accuracy(grid, 0.7, "ltt")]
@@ -225,7 +256,15 @@ def _grid_rows(rng: np.random.Generator, rule: str, shift: float, n: int = 200) 
         cost = np.clip(rng.normal(true_cost(kappa) + shift, 0.05, n), 0.0, 1.0)
         correct = rng.random(n) < true_accuracy(kappa)
         frames.append(
-            pd.DataFrame({"rule": rule, "threshold": kappa, "cost": cost, "correct": correct})
+            pd.DataFrame(
+                {
+                    "rule": rule,
+                    "threshold": kappa,
+                    "problem_id": [f"p{i}" for i in range(n)],
+                    "cost": cost,
+                    "correct": correct,
+                }
+            )
         )
     return pd.concat(frames)
 
@@ -238,12 +277,15 @@ def test_points_of_a_baseline_rule_come_from_its_rows_and_say_whose_they_are(tes
         {
             "rule": ["small_only"] * 50 + ["large_only"] * 50,
             "threshold": np.nan,
+            "problem_id": [f"p{i}" for i in range(50)] * 2,
             "cost": [0.1] * 50 + [1.0] * 50,
             "correct": [False] * 25 + [True] * 25 + [True] * 50,
         }
     )
     # The PRM router's costs sit 0.2 above the policy's at every κ (it pays for scoring).
-    rows = pd.concat([ends, _grid_rows(rng, "policy", 0.0), _grid_rows(rng, "prm_threshold", 0.2)])
+    rows = pd.concat(
+        [ends, _grid_rows(rng, "policy", 0.0, 50), _grid_rows(rng, "prm_threshold", 0.2, 50)]
+    )
     policy = choose_points(testbed_cfg, rows)
     prm = choose_points(testbed_cfg, rows, "prm_threshold")
     assert {p.rule for p in policy} == {"policy"} and {p.rule for p in prm} == {"prm_threshold"}
@@ -254,6 +296,10 @@ def test_points_of_a_baseline_rule_come_from_its_rows_and_say_whose_they_are(tes
             assert p.expected_cost <= p.budget
     with pytest.raises(ValueError, match="no run of rule 'confidence_threshold'"):
         choose_points(testbed_cfg, rows, "confidence_threshold")
+    # Budgets compare with large-only on the same problems: rows beyond them are refused.
+    extra = _grid_rows(rng, "policy", 0.0, 60)
+    with pytest.raises(ValueError, match="10 problem"):
+        choose_points(testbed_cfg, pd.concat([ends, extra]))
 
 
 def test_a_point_saved_before_the_rule_field_is_the_policys(tmp_path) -> None:
