@@ -184,7 +184,9 @@ def test_ltt_tests_a_budget_as_the_ratio_it_is_and_lands_nearer_it() -> None:
             gaps[ratio].append(budget - (true_cost(point.kappa) if point else true_cost(1.0)))
             failures += ratio and point is not None and true_cost(point.kappa) > budget
     assert failures / trials <= delta
-    assert np.mean(gaps[True]) < 0.85 * np.mean(gaps[False]), {k: np.mean(g) for k, g in gaps.items()}
+    assert np.mean(gaps[True]) < 0.85 * np.mean(gaps[False]), {
+        k: np.mean(g) for k, g in gaps.items()
+    }
 
 
 def test_operating_points_round_trip(tmp_path) -> None:
