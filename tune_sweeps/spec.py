@@ -43,6 +43,7 @@ from pipeline.config import read_yaml_mapping
 __all__ = [
     "AXES",
     "FINAL_METRICS",
+    "LOWER_IS_BETTER",
     "INTEGER_AXES",
     "TRAINING_METRICS",
     "Axis",
@@ -78,11 +79,22 @@ TRAINING_METRICS = (
     "rollout/escalation_rate",
 )
 # Reported once per trial, after calibration, all on the calibration split: APGR and AUC of
-# the policy's curve, accuracy and normalized cost at the chosen operating point.
+# the policy's curve, accuracy and normalized cost at the chosen operating point, and the
+# normalized cost at which the curve first reaches large-only accuracy minus one point (under
+# the config's cost model, and under each cost model: `tokens` is TRIM's large-model tokens).
 FinalMetric = Literal[
-    "calibration/apgr", "calibration/auc", "calibration/accuracy", "calibration/cost_normalized"
+    "calibration/apgr",
+    "calibration/auc",
+    "calibration/accuracy",
+    "calibration/cost_normalized",
+    "calibration/cost_at_large",
+    "calibration/cost_at_large/flops",
+    "calibration/cost_at_large/price",
+    "calibration/cost_at_large/tokens",
 ]
 FINAL_METRICS: tuple[str, ...] = get_args(FinalMetric)
+# Of those, the ones where less is better (costs); the others are better when larger.
+LOWER_IS_BETTER = frozenset(m for m in FINAL_METRICS if m.startswith("calibration/cost"))
 
 
 class SweepSpecError(ValueError):
@@ -185,6 +197,12 @@ class SweepSpec(_Frozen):
         unknown = sorted(set(self.axes) - set(AXES))
         if unknown:
             raise ValueError(f"unknown axis {unknown}; known axes: {sorted(AXES)}")
+        wanted = "min" if self.metric in LOWER_IS_BETTER else "max"
+        if self.mode != wanted:
+            raise ValueError(
+                f"metric '{self.metric}' is better when {'lower' if wanted == 'min' else 'higher'}: "
+                f"write `mode: {wanted}`"
+            )
         if self.search.algorithm == "grid":
             sampled = sorted(n for n, a in self.axes.items() if a.grid is None)
             if sampled:

@@ -24,7 +24,7 @@ from typing import Any
 
 from pipeline.config import ExperimentConfig
 from tune_sweeps.pareto import write_front
-from tune_sweeps.spec import FINAL_METRICS, SweepSpec
+from tune_sweeps.spec import FINAL_METRICS, LOWER_IS_BETTER, SweepSpec
 from tune_sweeps.trial import run_trial
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ def run_sweep(cfg: ExperimentConfig, spec: SweepSpec, *, resume: bool = False) -
         for metric in FINAL_METRICS:
             values = [t[metric] for t in trials if not math.isnan(t.get(metric, math.nan))]
             if values:
-                best = max(values) if spec.mode == "max" else min(values)
+                best = min(values) if metric in LOWER_IS_BETTER else max(values)
                 mlflow.log_metric(f"best/{metric}", best)
         mlflow.log_artifacts(str(outcome["folder"]), artifact_path="pareto")
         return outcome | {

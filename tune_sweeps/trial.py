@@ -92,9 +92,15 @@ def run_trial(params: dict, *, experiment: dict, spec: dict, root: str) -> None:
     chosen = next((p for p in points if budget and p.budget == budget), None)
     chosen = chosen or (points[0] if points else None)
     # The FINAL_METRICS, all on the calibration split: APGR and AUC of the policy's curve,
-    # accuracy and cost at the chosen operating point (the budget's, else the first).
+    # accuracy and cost at the chosen operating point (the budget's, else the first), cost@large.
+    at_large = {
+        f"calibration/cost_at_large{suffix}": float(row.get(f"cost_at_large_accuracy{suffix}"))
+        for suffix in ("", "/flops", "/price", "/tokens")
+        if f"cost_at_large_accuracy{suffix}" in row
+    }
     tune.report(
         dict(last)
+        | at_large
         | {
             "phase/calibrated": 1.0,
             "calibration/apgr": float(row.get("apgr", math.nan)),

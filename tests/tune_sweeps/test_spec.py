@@ -65,7 +65,18 @@ def test_a_bare_final_metric_names_its_namespaced_key(bare) -> None:
         SweepSpecError, match=f"'metric': metric '{bare}' is now named 'calibration/{bare}'"
     ):
         parse_sweep({**GOOD, "metric": bare})
-    assert parse_sweep({**GOOD, "metric": f"calibration/{bare}"}).metric == f"calibration/{bare}"
+    mode = "min" if bare.startswith("cost") else "max"
+    spec = parse_sweep({**GOOD, "metric": f"calibration/{bare}", "mode": mode})
+    assert spec.metric == f"calibration/{bare}"
+
+
+def test_a_cost_metric_is_ranked_lowest_first() -> None:
+    metric = "calibration/cost_at_large/tokens"
+    with pytest.raises(SweepSpecError, match=f"'{metric}' is better when lower: write `mode: min`"):
+        parse_sweep({**GOOD, "metric": metric, "mode": "max"})
+    assert parse_sweep({**GOOD, "metric": metric, "mode": "min"}).mode == "min"
+    with pytest.raises(SweepSpecError, match="better when higher: write `mode: max`"):
+        parse_sweep({**GOOD, "metric": "calibration/apgr", "mode": "min"})
 
 
 def test_sweep_metric_keys_are_slash_namespaced() -> None:

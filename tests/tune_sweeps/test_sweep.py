@@ -104,4 +104,6 @@ def test_interrupted_sweep_restores_without_redoing_finished_trials(
         }
     assert len(parents) == 1 and children == 2
     assert {"sweep/trials", "sweep/front_points", "best/calibration/auc"} <= parent_metrics
-    assert {"calibration/auc", "phase/calibrated"} <= trial_metrics
+    assert {"calibration/auc", "calibration/cost_at_large/tokens", "phase/calibrated"} <= (
+        trial_metrics
+    )
