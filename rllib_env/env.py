@@ -1,8 +1,8 @@
 """`StepRoutingEnv`: the routing decision as an RLlib multi-agent environment.
 
 Each agent is one problem in flight. An env episode works through `episode_problems` problems,
-`concurrency` at a time: a problem whose solution ends leaves (terminated), and the next one
-joins in the same `step`. Every `step`:
+`concurrency` at a time, longest question first: a problem whose solution ends leaves
+(terminated), and the next one joins in the same `step`. Every `step`:
 
     1. the waiting agents' actions arrive: 0 keeps the draft, k > 0 lets model k write the step;
     2. kept drafts are appended at once (`controller.advance`); finished problems leave with
@@ -105,10 +105,11 @@ class StepRoutingEnv(MultiAgentEnv):
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         if seed is not None:
             self._rng.seed(seed)
-        self._queue = self._rng.sample(
-            self.problems, min(self.episode_problems, len(self.problems))
-        )
-        self._queue.reverse()  # pop() from the end
+        chosen = self._rng.sample(self.problems, min(self.episode_problems, len(self.problems)))
+        # Longest question first (a proxy for the most steps): the long problems start in the
+        # first wave, so fewer rounds at the episode's end run with only a few problems in
+        # flight and small engine batches. pop() takes from the end.
+        self._queue = sorted(chosen, key=lambda problem: len(problem.question))
         self._states, self._drafts, self._obs, self._waiting = {}, {}, {}, []
         self._admitted = 0
         self.agents = []

@@ -62,6 +62,22 @@ def test_env_contract_holds_over_long_random_runs(env) -> None:
         assert max(len(obs) for _, obs, _, _ in log) <= env.concurrency
 
 
+def test_the_longest_questions_start_first(env) -> None:
+    """Problems join in order of question length, longest first, so that the episode's last
+    rounds are not left to a few long problems and small engine batches."""
+    lengths = {p.id: len(p.question) for p in env.problems}
+    obs, _ = env.reset()
+    joined: list[str] = []  # problem ids in the order they first act
+    while True:
+        joined += [p for p, _ in env.deciding().values() if p not in joined]
+        obs, _, terminated, *_ = env.step(dict.fromkeys(obs, 0))  # keep every draft
+        if terminated["__all__"]:
+            break
+    assert len(joined) == env.episode_problems
+    order = [lengths[problem] for problem in joined]
+    assert order == sorted(order, reverse=True), order
+
+
 def test_rewards_are_cost_penalties_plus_terminal_correctness(env) -> None:
     env.set_cost_weight(0.7)
     env.pop_stats()
