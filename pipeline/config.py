@@ -142,6 +142,11 @@ class ModelConfig(_Frozen):
         None, ge=1, description="KV cache block size; prefix caching reuses whole blocks only."
     )
     gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
+    enforce_eager: bool | None = Field(
+        None,
+        description="vLLM enforce_eager. Unset: eager on CPU (no torch.compile warm-up: an "
+        "engine starts in seconds), compiled with CUDA graphs on GPU.",
+    )
     api_base: str | None = Field(None, description="OpenAI-compatible base URL (engine: openai).")
     api_key_env: str | None = Field(None, description="Environment variable holding the API key.")
     endpoint: EndpointConfig = Field(default_factory=EndpointConfig)

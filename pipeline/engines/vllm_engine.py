@@ -40,7 +40,8 @@ def engine_kwargs(model: ModelConfig) -> dict:
         "dtype": model.dtype,
         "tensor_parallel_size": model.resources.tensor_parallel_size,
         "enable_prefix_caching": True,
-        "enforce_eager": _on_cpu(),  # no CUDA graphs to capture on CPU
+        # On CPU by default no torch.compile (seconds to start instead of a minute).
+        "enforce_eager": _on_cpu() if model.enforce_eager is None else model.enforce_eager,
         "seed": model.sampling.seed or 0,
         "use_tqdm_on_load": os.environ.get("TQDM_DISABLE", "") not in ("1", "true", "True"),
         **{key: value for key, value in optional.items() if value is not None},

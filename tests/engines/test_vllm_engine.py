@@ -91,3 +91,13 @@ def test_full_context_returns_empty_length_result(small_engine) -> None:
     engine, _, run = small_engine
     result = run(engine.generate(StepRequest((5,) * engine.max_model_len, max_tokens=8)))
     assert result.token_ids == () and result.finish_reason == "length"
+
+
+def test_engines_run_eager_on_cpu_unless_the_config_asks_for_compilation() -> None:
+    from pipeline.engines.vllm_engine import engine_kwargs
+
+    small = load_config(REPO / "configs" / "testbed.yaml").models[0]
+    assert small.enforce_eager is None
+    assert engine_kwargs(small)["enforce_eager"] is True  # this machine has no GPU
+    compiled = small.model_copy(update={"enforce_eager": False})
+    assert engine_kwargs(compiled)["enforce_eager"] is False
