@@ -80,6 +80,13 @@ def test_prm_threshold_is_calibrated_and_evaluated_at_its_points(
     assert {p.rule for p in points} == {"prm_threshold"}
     assert load_operating_points(cfg.rule_dir("prm_threshold")) == points
     assert points_folder(cfg, "prm_threshold") == cfg.rule_dir("prm_threshold")
+    # The grid's rows are kept beside the points: choosing again from them gives the same points.
+    import pandas as pd
+
+    from pipeline.calibration import choose_points
+
+    kept = pd.read_parquet(cfg.rule_dir("prm_threshold") / "calibration_rows.parquet")
+    assert choose_points(cfg, kept, "prm_threshold") == points
 
     # Evaluation runs the rule at exactly its calibrated κ, beside its quantile grid.
     rows, skipped = asyncio.run(

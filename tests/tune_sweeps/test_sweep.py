@@ -22,7 +22,7 @@ def _sweep(tmp_path: Path, env: dict, *extra: str) -> subprocess.Popen:
             "pipeline.cli",
             "sweep",
             "--config",
-            "configs/testbed.yaml",
+            str(tmp_path / "testbed.yaml"),
             "--sweep",
             str(tmp_path / "tiny.yaml"),
             *extra,
@@ -53,6 +53,11 @@ def test_interrupted_sweep_restores_without_redoing_finished_trials(
         "calibration_method": "quantile",
     }
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(spec))
+    # The testbed config with short κ and evaluation grids: 12 problems do not need 150 κ.
+    config = yaml.safe_load((REPO / "configs" / "testbed.yaml").read_text())
+    config["calibration"]["grid_targets"] = [0.1, 0.3, 0.5, 0.7, 0.9]
+    config["evaluation"]["escalation_targets"] = [0.3, 0.7]
+    (tmp_path / "testbed.yaml").write_text(yaml.safe_dump(config, allow_unicode=True))
     out = tmp_path / "out"
     env = os.environ | {
         "STEPROUTE_OUTPUT": str(out),
