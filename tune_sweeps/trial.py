@@ -20,7 +20,7 @@ from typing import Any
 from pipeline.calibration import choose_points, save_operating_points
 from pipeline.calibration_run import policy_grid
 from pipeline.config import ExperimentConfig, merge_dicts, parse_config
-from tune_sweeps.spec import AXES, INTEGER_AXES, TRAINING_METRICS, SweepSpec
+from tune_sweeps.spec import AXES, FINAL_METRICS, INTEGER_AXES, TRAINING_METRICS, SweepSpec
 
 __all__ = ["run_trial", "trial_config"]
 
@@ -93,10 +93,12 @@ def run_trial(params: dict, *, experiment: dict, spec: dict, root: str) -> None:
     chosen = chosen or (points[0] if points else None)
     # The FINAL_METRICS, all on the calibration split: APGR and AUC of the policy's curve,
     # accuracy and cost at the chosen operating point (the budget's, else the first), cost@large.
+    # (summary column `cost_at_large_accuracy[/<cost model>]` → `calibration/cost_at_large[...]`)
     at_large = {
-        f"calibration/cost_at_large{suffix}": float(row.get(f"cost_at_large_accuracy{suffix}"))
-        for suffix in ("", "/flops", "/price", "/tokens")
-        if f"cost_at_large_accuracy{suffix}" in row
+        metric: float(row[column])
+        for metric in FINAL_METRICS
+        if metric.startswith("calibration/cost_at_large")
+        and (column := metric.replace("calibration/cost_at_large", "cost_at_large_accuracy")) in row
     }
     tune.report(
         dict(last)
