@@ -3,8 +3,9 @@ and by the rollout env, on the same engine deployments.
 
 For 1, 8, 32 and 64 concurrent clients (problems in flight):
 
-    router  `POST /v1/chat/completions` over HTTP (model `router`, a fixed κ), through Serve's
-            proxy and the `Router` ingress;
+    router  `POST /v1/chat/completions` over HTTP (model `router`, a fixed κ) from aiohttp
+            clients, through Serve's proxy to the `Router` replica, or with `serve.ingress:
+            direct` (`--ingress direct`) straight to the replica;
     direct  the router's work minus HTTP: in this process, `Controller.solve` with the same policy
             and κ over the same engine deployments (`ServeEngine` handles), as many at a time;
     env     the rollout env (`StepRoutingEnv`) over the same problems and deployments, that many
@@ -19,17 +20,17 @@ Goals: router steps/s >= 0.7x env at 32; router p50 latency <= 1.05x direct at 1
 decision latency < 1 ms per step.
 
     python -m benchmarks.serving --config configs/testbed.yaml [--quick] [--record]
-        [--policy FOLDER | hand_set] [--kappa 0.5]
+        [--policy FOLDER | hand_set] [--kappa 0.5] [--ingress proxy|direct]
 """
 
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiohttp
 import httpx
 import numpy as np
 
@@ -46,7 +47,7 @@ from pipeline.controller import Controller
 from pipeline.data import load_split
 from pipeline.policy import HAND_SET, load_policy
 from pipeline.rules import make_rule
-from serve_app.request_path import use_grpc_handles
+from serve_app.request_path import free_port, use_direct_ingress, use_grpc_handles
 
 APP = "steproute-bench"
 
@@ -58,6 +59,12 @@ def _arguments(parser) -> None:
         help=f"RouterPolicy folder or '{HAND_SET}' (default: <output_dir>/policy when trained)",
     )
     parser.add_argument("--kappa", type=float, default=0.5, help="escalation threshold κ")
+    parser.add_argument(
+        "--ingress",
+        choices=("proxy", "direct"),
+        default=None,
+        help="how HTTP reaches the router (default: the config's serve.ingress)",
+    )
 
 
 def _policy(cfg, chosen: str | None) -> str:
@@ -68,25 +75,37 @@ def _policy(cfg, chosen: str | None) -> str:
     return str(trained.resolve()) if (trained / "operating_points.json").exists() else HAND_SET
 
 
-def start_router(config: str, policy: str) -> str:
-    """The Serve app on a free loopback port; returns its base URL once healthy."""
+def router_port(ingress: str) -> int:
+    """The loopback port the router will answer on. Call before Ray starts: with direct
+    ingress, the router replica takes that port itself (`use_direct_ingress`)."""
+    port = free_port()
+    if ingress == "direct":
+        use_direct_ingress(port)
+    return port
+
+
+def start_router(config: str, policy: str, port: int, ingress: str) -> str:
+    """The Serve app answering on loopback `port` (see `router_port`), through Serve's proxy or
+    by direct ingress; returns its base URL once healthy."""
     from ray import serve
 
     from serve_app.app import build_app
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    proxy_port = free_port() if ingress == "direct" else port
+    serve.start(http_options={"host": "127.0.0.1", "port": proxy_port})
     overrides = {"serve": {"policy": policy, "auth": {"mode": "off"}, "max_ongoing_requests": 256}}
     serve.run(build_app({"config": config, "overrides": overrides}), name=APP, route_prefix="/")
     base = f"http://127.0.0.1:{port}"
     deadline = time.time() + 300
-    while httpx.get(f"{base}/health", timeout=120).status_code != 200:
+    while True:
+        try:
+            if httpx.get(f"{base}/health", timeout=120).status_code == 200:
+                return base
+        except httpx.TransportError:  # a direct-ingress replica binds its port as it starts
+            pass
         if time.time() > deadline:
             raise RuntimeError("the router did not become healthy within 300 s")
         time.sleep(1)
-    return base
 
 
 async def _engine_handles(cfg) -> dict:
@@ -129,19 +148,22 @@ async def _closed_loop(problems, concurrency: int, solve) -> tuple[list[float], 
 
 
 async def router_arm(base: str, problems, concurrency: int, kappa: float):
-    async with httpx.AsyncClient(base_url=base, timeout=600) as http:
+    """The clients: aiohttp, as vLLM's serving benchmark, since on these 2 cores the load
+    generator's own work competes with the server's (httpx spent ~3x as much CPU per request)."""
+    timeout = aiohttp.ClientTimeout(total=600)
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(base, timeout=timeout, connector=connector) as http:
 
         async def solve(problem) -> list[str]:
-            response = await http.post(
-                "/v1/chat/completions",
-                json={
-                    "model": "router",
-                    "messages": [{"role": "user", "content": problem.question}],
-                    "routing": {"kappa": kappa},
-                },
-            )
-            response.raise_for_status()
-            return [step["model"] for step in response.json()["routing"]["steps"]]
+            body = {
+                "model": "router",
+                "messages": [{"role": "user", "content": problem.question}],
+                "routing": {"kappa": kappa},
+            }
+            async with http.post("/v1/chat/completions", json=body) as response:
+                response.raise_for_status()
+                answer = await response.json()
+            return [step["model"] for step in answer["routing"]["steps"]]
 
         return await _closed_loop(problems, concurrency, solve)
 
@@ -199,6 +221,10 @@ def env_arm(cfg, engines: dict, problems, in_flight: int, rule):
     return run.seconds, run.steps
 
 
+INGRESS = {
+    "proxy": "serve.ingress: proxy, through Serve's proxy to the Router replica",
+    "direct": "serve.ingress: direct, Serve's direct ingress: the Router replica answers itself",
+}
 ORDERS = (("direct", "router", "env"), ("env", "router", "direct"), ("direct", "router", "env"))
 
 
@@ -290,11 +316,13 @@ def main(argv=None) -> None:
     levels = [(1, 4), (2, 4)] if args.quick else [(1, 32), (8, 64), (32, 128), (64, 128)]
     started = time.perf_counter()
     policy = _policy(cfg, args.policy)
+    ingress = args.ingress or cfg.serve.ingress
     use_grpc_handles()  # the direct arm's handles call the engines as the router's do
+    port = router_port(ingress)
     connect_ray()
     from ray import serve
 
-    base = start_router(args.config, policy)
+    base = start_router(args.config, policy, port, ingress)
     problems = load_split(cfg.dataset, cfg.evaluation.split)
     rule = make_rule("policy", policy=load_policy(policy), threshold=args.kappa)
     decisions = 200 if args.quick else 5000
@@ -307,14 +335,14 @@ def main(argv=None) -> None:
     report(
         args,
         [
-            _throughput_table(cfg, throughput),
+            _throughput_table(cfg, throughput, ingress),
             _overhead_table(cfg, overhead, policy, args.kappa, decide),
         ],
         started,
     )
 
 
-def _throughput_table(cfg, rows: list) -> Table:
+def _throughput_table(cfg, rows: list, ingress: str) -> Table:
     table = Table(
         f"Serving throughput — {label(cfg)}",
         [
@@ -334,7 +362,7 @@ def _throughput_table(cfg, rows: list) -> Table:
     table.notes = [
         "each cell: median [min-max] of 3 repetitions, arms in A-B-C, C-B-A, A-B-C order on the "
         "same problems with the same policy and κ (so the same steps)",
-        "router: HTTP through Serve's proxy and the Router ingress, that many clients in a closed "
+        f"router: HTTP ({INGRESS[ingress]}), that many aiohttp clients in a closed "
         "loop; direct: Controller.solve per request on the same engine deployments, no HTTP; env: "
         "the rollout env (StepRoutingEnv) with that many problems in flight on the same "
         "deployments, each round's drafts and escalations batched",

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from benchmarks.common import Table, connect_ray, label, parse_args, report
-from benchmarks.serving import APP, start_router
+from benchmarks.serving import APP, router_port, start_router
 from pipeline.data import load_split
 from pipeline.policy import HAND_SET
 
@@ -218,15 +218,19 @@ def main(argv=None) -> None:
     args = parse_args("Soak the router with mixed traffic", argv, extra=_arguments)
     minutes = 1.0 if args.quick else args.minutes
     started = time.perf_counter()
+    ingress = args.cfg.serve.ingress
+    port = router_port(ingress)
     connect_ray()
     from ray import serve
 
-    base = start_router(args.config, HAND_SET)
+    base = start_router(args.config, HAND_SET, port, ingress)
     try:
         outcome = asyncio.run(soak(args.cfg, base, minutes))
     finally:
         serve.delete(APP)
-    report(args, [_table(args.cfg, outcome, minutes)], started)
+    table = _table(args.cfg, outcome, minutes)
+    table.notes.insert(0, f"serve.ingress: {ingress}")
+    report(args, [table], started)
 
 
 if __name__ == "__main__":

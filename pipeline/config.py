@@ -503,6 +503,13 @@ class ServeConfig(_Frozen):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     route_prefix: str = "/"
+    ingress: Literal["proxy", "direct"] = Field(
+        "proxy",
+        description="proxy: Serve's HTTP proxy takes requests and hands them to the router "
+        "replicas (any number, any cluster). direct: Serve's direct ingress, the one router "
+        "replica answers on `port` itself, one hop less per request; for a Ray that "
+        "`steproute serve` starts.",
+    )
     policy: str | None = Field(
         None,
         description="RouterPolicy folder with operating_points.json; unset = <output_dir>/policy; "
@@ -537,6 +544,17 @@ class ServeConfig(_Frozen):
         None, description="Ray Serve autoscaling_config for the router (replaces router_replicas)."
     )
     engine_replicas: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _direct_ingress_is_one_replica_at_the_root(self) -> ServeConfig:
+        if self.ingress == "direct" and (
+            self.router_replicas != 1 or self.autoscaling or self.route_prefix != "/"
+        ):
+            raise ValueError(
+                "serve.ingress: direct serves one router replica on serve.port at '/'; for "
+                "router_replicas > 1, autoscaling or another route_prefix use ingress: proxy"
+            )
+        return self
 
 
 class TrackingConfig(_Frozen):

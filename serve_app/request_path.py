@@ -6,6 +6,13 @@ handles' router on the replica's own event loop, gRPC between deployments (the r
 engine once per step), access logs buffered, GC frozen after start-up. Measured by
 benchmarks/serving.py (RESULTS.md).
 
+Direct ingress (`serve.ingress: direct`) is the rest of that mode: the router replica answers
+HTTP on `serve.port` itself, so a request skips the proxy's hop and the replica's calls back to
+the proxy for the request's messages. Serve's controller reads it when it starts, so it holds
+for a Ray that `steproute serve` (or a benchmark) starts itself: `use_direct_ingress` sets it
+in the environment before Ray starts. Serve still runs a proxy on the head node; it gets
+another port.
+
 `build_app` puts them in each replica's `runtime_env`, so they hold on any cluster. Any of them
 set in the environment wins. A process that calls the deployments through handles (the serving
 benchmark) calls `use_grpc_handles` before it imports `ray.serve`, which reads its settings
@@ -18,7 +25,14 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["REQUEST_PATH_ENV", "request_path_env", "use_grpc_handles"]
+__all__ = [
+    "REQUEST_PATH_ENV",
+    "direct_ingress_env",
+    "free_port",
+    "request_path_env",
+    "use_direct_ingress",
+    "use_grpc_handles",
+]
 
 REQUEST_PATH_ENV = {
     "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
@@ -41,3 +55,36 @@ def use_grpc_handles() -> None:
     os.environ.setdefault(
         "RAY_SERVE_USE_GRPC_BY_DEFAULT", REQUEST_PATH_ENV["RAY_SERVE_USE_GRPC_BY_DEFAULT"]
     )
+
+
+def direct_ingress_env(port: int) -> dict[str, str]:
+    """Serve's direct-ingress settings for one router replica that answers on `port`: the
+    replica's port range is that one port, a stopping replica does not wait the default 30 s
+    for a load balancer to notice (the router drains itself first), and a restarted replica
+    may take the port back at once."""
+    return {
+        "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
+        "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(port),
+        "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(port + 1),
+        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "0",
+        "RAY_SERVE_PORT_QUARANTINE_S": "0",
+    }
+
+
+def use_direct_ingress(port: int) -> None:
+    """Direct ingress on `port` for the Ray this process is about to start: call it before
+    `ray.init` and before anything imports `ray.serve`."""
+    import sys
+
+    if "ray.serve" in sys.modules:
+        raise RuntimeError("use_direct_ingress must run before ray.serve is imported")
+    os.environ.update(direct_ingress_env(port))
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]

@@ -194,3 +194,11 @@ def test_ray_and_rllib_warnings_go_to_the_log_file_when_the_console_is_quiet(tmp
         [sys.executable, "-c", script, "info"], env=env, capture_output=True, text=True
     )
     assert "rllib-note" in loud.stderr and "ray-note" in loud.stderr
+
+
+def test_serve_with_direct_ingress_refuses_to_join_a_running_ray(monkeypatch) -> None:
+    # Direct ingress is read by Serve's controller when Ray starts: a joined cluster keeps its own.
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+    result = runner.invoke(app, ["serve", "--config", str(REPO / "configs" / "testbed.yaml")])
+    assert result.exit_code == 2, result.output
+    assert "serve.ingress: direct" in result.output and "ingress: proxy" in result.output

@@ -174,3 +174,12 @@ def test_a_remote_models_path_is_the_servers_name_and_a_local_folder_its_tokeniz
     assert Path(remote.tokenizer).is_absolute() and Path(remote.tokenizer).is_dir()
     hosted = local_paths_absolute(load_config(REPO / "configs" / "testbed.yaml").models[0])
     assert Path(hosted.path).is_absolute() and hosted.tokenizer is None
+
+
+def test_direct_ingress_is_one_router_replica_at_the_root(tmp_path: Path) -> None:
+    data = _minimal() | {"serve": {"ingress": "direct"}}
+    assert load_config(_write(tmp_path, data)).serve.ingress == "direct"
+    for extra in ({"router_replicas": 2}, {"route_prefix": "/v"}, {"autoscaling": {"x": 1}}):
+        data = _minimal() | {"serve": {"ingress": "direct"} | extra}
+        with pytest.raises(ConfigError, match="use ingress: proxy"):
+            load_config(_write(tmp_path, data))

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from pipeline.cli.console import console
+from pipeline.cli.console import console, fail
 from pipeline.cli.options import parse_overrides
 from pipeline.config import load_config
 
@@ -23,10 +23,11 @@ def serve_command(
     ] = None,
 ) -> None:
     """Serve the router behind an OpenAI-compatible endpoint (Ray Serve); Ctrl-C stops it."""
-    import ray
-    from ray import serve
+    import os
 
-    from serve_app.app import build_app
+    import ray
+
+    from serve_app.request_path import free_port, use_direct_ingress
 
     overrides: dict = {}
     for key, value in (("host", host), ("port", port), ("policy", policy)):
@@ -34,10 +35,24 @@ def serve_command(
             overrides[key] = value
     args = {"config": str(config), "overrides": {"serve": overrides}}
     cfg = load_config(config, args["overrides"])
+    http_port = cfg.serve.port
+    if cfg.serve.ingress == "direct":
+        if os.environ.get("RAY_ADDRESS", "local") != "local" or ray.is_initialized():
+            raise fail(
+                "serve.ingress: direct is set when Ray starts, and this command joins a running "
+                "Ray. Start that cluster with RAY_SERVE_ENABLE_DIRECT_INGRESS=1 (README, "
+                "'Serving'), or use serve.ingress: proxy"
+            )
+        use_direct_ingress(cfg.serve.port)
+        http_port = free_port(cfg.serve.host)  # Serve's head-node proxy; clients use serve.port
+    from ray import serve
+
+    from serve_app.app import build_app
+
     application = build_app(args)
     if not ray.is_initialized():
         ray.init()  # RAY_ADDRESS, when set, joins that cluster
-    serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
+    serve.start(http_options={"host": cfg.serve.host, "port": http_port})
     serve.run(application, name="steproute", route_prefix=cfg.serve.route_prefix)
     base = f"http://{cfg.serve.host}:{cfg.serve.port}{cfg.serve.route_prefix.rstrip('/')}/v1"
     console.print(

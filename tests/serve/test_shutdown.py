@@ -29,7 +29,11 @@ def _free_port() -> int:
 
 def _config(tmp_path: Path) -> Path:
     cfg = yaml.safe_load((REPO / "configs" / "testbed.yaml").read_text())
-    cfg["serve"] = {"drain_timeout_s": DRAIN_TIMEOUT_S, "request_timeout_s": 60}
+    # The testbed's serve section (direct ingress) with a short drain.
+    cfg["serve"] = cfg.get("serve", {}) | {
+        "drain_timeout_s": DRAIN_TIMEOUT_S,
+        "request_timeout_s": 60,
+    }
     path = tmp_path / "serve.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -70,6 +74,12 @@ def test_sigterm_drains_requests_in_flight_and_leaves_no_process(tmp_path, testb
             time.sleep(1)
         started = psutil.Process(server.pid).children(recursive=True)
         assert any("raylet" in " ".join(p.cmdline()) for p in started)
+        # Direct ingress: the Router replica itself listens on the port, not Serve's proxy.
+        listeners = [c.pid for c in psutil.net_connections("tcp") if c.laddr.port == port and c.pid]
+        assert listeners, f"nothing listens on {port}"
+        assert all("Router" in " ".join(psutil.Process(pid).cmdline()) for pid in listeners), [
+            " ".join(psutil.Process(pid).cmdline())[:80] for pid in listeners
+        ]
 
         answers: list = []
         questions = [p.question for p in load_split(testbed_cfg.dataset, "test")[:24]]
