@@ -26,6 +26,7 @@ decision latency < 1 ms per step.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -147,9 +148,11 @@ async def _closed_loop(problems, concurrency: int, solve) -> tuple[list[float], 
     return latencies, t.seconds, writers
 
 
-async def router_arm(base: str, problems, concurrency: int, kappa: float):
-    """The clients: aiohttp, as vLLM's serving benchmark, since on these 2 cores the load
-    generator's own work competes with the server's (httpx spent ~3x as much CPU per request)."""
+@contextlib.asynccontextmanager
+async def router_client(base: str, kappa: float):
+    """One request's solve over HTTP, from an aiohttp session (as vLLM's serving benchmark:
+    on these 2 cores the load generator's own work competes with the server's, and httpx spent
+    ~3x as much CPU per request)."""
     timeout = aiohttp.ClientTimeout(total=600)
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(base, timeout=timeout, connector=connector) as http:
@@ -165,15 +168,42 @@ async def router_arm(base: str, problems, concurrency: int, kappa: float):
                 answer = await response.json()
             return [step["model"] for step in answer["routing"]["steps"]]
 
-        return await _closed_loop(problems, concurrency, solve)
+        yield solve
 
 
-async def direct_arm(controller: Controller, rule, problems, concurrency: int):
+def direct_solver(controller: Controller, rule):
+    """One request's solve as the router does it, minus HTTP: `Controller.solve` here."""
+
     async def solve(problem) -> list[str]:
         state = controller.start(problem)
         return [step.model async for step in controller.solve(state, rule)]
 
-    return await _closed_loop(problems, concurrency, solve)
+    return solve
+
+
+async def router_arm(base: str, problems, concurrency: int, kappa: float):
+    async with router_client(base, kappa) as solve:
+        return await _closed_loop(problems, concurrency, solve)
+
+
+async def direct_arm(controller: Controller, rule, problems, concurrency: int):
+    return await _closed_loop(problems, concurrency, direct_solver(controller, rule))
+
+
+async def paired_run(engines: dict, solvers: dict, problems) -> dict[str, tuple]:
+    """One client that sends each problem to every arm in turn, the order alternating (A-B,
+    B-A, ...), each request on empty prefix caches, so that the machine's drift falls on both
+    arms alike. Per arm: latencies, their sum (the arm's wall time), step writers."""
+    names = list(solvers)
+    latencies: dict[str, list[float]] = {name: [] for name in names}
+    writers: dict[str, list] = {name: [] for name in names}
+    for index, problem in enumerate(problems):
+        for name in names if index % 2 == 0 else names[::-1]:
+            await _reset_prefix_caches(engines)
+            started = time.perf_counter()
+            writers[name].append(await solvers[name](problem))
+            latencies[name].append(time.perf_counter() - started)
+    return {name: (latencies[name], sum(latencies[name]), writers[name]) for name in names}
 
 
 async def decision_latency(controller: Controller, rule, problem, repeats: int) -> float:
@@ -232,7 +262,9 @@ async def measure_level(
     cfg, controller: Controller, engines: dict, rule, base: str, problems, concurrency: int, kappa
 ) -> dict[str, Arm]:
     """Three repetitions of every arm on the same problems, in A-B-C, C-B-A, A-B-C order (drift
-    of the machine falls on all arms alike); each run starts with empty prefix caches."""
+    of the machine falls on all arms alike); each run starts with empty prefix caches. At one
+    client, router and direct alternate request by request instead (`paired_run`): there, a
+    run's drift moved the p50 by as much as ±10 %."""
     arms = {"direct": Arm(), "router": Arm(), "env": Arm()}
     for order in ORDERS:
         for name in order:
@@ -242,6 +274,14 @@ async def measure_level(
                     env_arm, cfg, engines, problems, concurrency, rule
                 )
                 arms["env"].runs.append(([], wall, steps))
+                continue
+            if concurrency == 1:  # one client: router and direct alternate request by request
+                if name == "router":
+                    async with router_client(base, kappa) as route:
+                        solvers = {"direct": direct_solver(controller, rule), "router": route}
+                        runs = await paired_run(engines, solvers, problems)
+                    for arm, run in runs.items():
+                        arms[arm].add(*run, problems)
                 continue
             if name == "direct":
                 run = await direct_arm(controller, rule, problems, concurrency)
@@ -361,7 +401,9 @@ def _throughput_table(cfg, rows: list, ingress: str) -> Table:
         table.add(*row)
     table.notes = [
         "each cell: median [min-max] of 3 repetitions, arms in A-B-C, C-B-A, A-B-C order on the "
-        "same problems with the same policy and κ (so the same steps)",
+        "same problems with the same policy and κ (so the same steps); at 1 client, router and "
+        "direct alternate request by request (A-B, B-A, ...) within each repetition, and their "
+        "req/s is requests / summed latency",
         f"router: HTTP ({INGRESS[ingress]}), that many aiohttp clients in a closed "
         "loop; direct: Controller.solve per request on the same engine deployments, no HTTP; env: "
         "the rollout env (StepRoutingEnv) with that many problems in flight on the same "
@@ -393,7 +435,7 @@ def _overhead_table(cfg, rows: list, policy: str, kappa: float, decide: float) -
         f"policy decision latency: {decide * 1e3:.3f} ms per step (one draft; goal < 1 ms)",
         "latencies: median of 3 repetitions; overhead p50 = router p50 / direct p50 - 1 per "
         "repetition, median [min to max]; goal: <= +5 % at 1, 8 and 32 clients",
-        "prefix caches emptied before every run",
+        "prefix caches emptied before every run (at 1 client, before every request)",
     ]
     return table
 
