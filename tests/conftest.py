@@ -137,8 +137,20 @@ def _vllm_serve(model, *extra: str, log_name: str = "vllm-serve"):
 
 @pytest.fixture(scope="session")
 def vllm_serve():
-    """`with vllm_serve(model, *extra_args) as base_url:` a real `vllm serve` on loopback."""
-    return _vllm_serve
+    """`with vllm_serve(model, *extra_args) as base_url:` a real `vllm serve` on loopback.
+    Each server (model and arguments) starts once, on first use, and stays up for the session:
+    a start takes ~40 s, and three test files use the same two servers."""
+    with contextlib.ExitStack() as servers:
+        started: dict[tuple, str] = {}
+
+        @contextlib.contextmanager
+        def serve(model, *extra: str, log_name: str = "vllm-serve"):
+            key = (model.model_dump_json(), *extra)
+            if key not in started:
+                started[key] = servers.enter_context(_vllm_serve(model, *extra, log_name=log_name))
+            yield started[key]
+
+        yield serve
 
 
 class ProxyHandler(http.server.BaseHTTPRequestHandler):
