@@ -29,6 +29,7 @@ __all__ = [
     "REQUEST_PATH_ENV",
     "direct_ingress_env",
     "free_port",
+    "port_is_free",
     "request_path_env",
     "use_direct_ingress",
     "use_grpc_handles",
@@ -88,3 +89,15 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def port_is_free(host: str, port: int) -> bool:
+    """Whether `port` on `host` can be bound now (the direct-ingress replica binds it later)."""
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True

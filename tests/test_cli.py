@@ -202,3 +202,16 @@ def test_serve_with_direct_ingress_refuses_to_join_a_running_ray(monkeypatch) ->
     result = runner.invoke(app, ["serve", "--config", str(REPO / "configs" / "testbed.yaml")])
     assert result.exit_code == 2, result.output
     assert "serve.ingress: direct" in result.output and "ingress: proxy" in result.output
+
+
+def test_serve_with_direct_ingress_names_a_port_in_use() -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = str(REPO / "configs" / "testbed.yaml")
+        result = runner.invoke(app, ["serve", "--config", config, "--port", str(port)])
+    assert result.exit_code == 2, result.output
+    assert f"port {port} on 127.0.0.1 is in use" in result.output

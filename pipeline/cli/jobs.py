@@ -27,7 +27,7 @@ def serve_command(
 
     import ray
 
-    from serve_app.request_path import free_port, use_direct_ingress
+    from serve_app.request_path import free_port, port_is_free, use_direct_ingress
 
     overrides: dict = {}
     for key, value in (("host", host), ("port", port), ("policy", policy)):
@@ -37,6 +37,11 @@ def serve_command(
     cfg = load_config(config, args["overrides"])
     http_port = cfg.serve.port
     if cfg.serve.ingress == "direct":
+        if not port_is_free(cfg.serve.host, cfg.serve.port):
+            raise fail(
+                f"port {cfg.serve.port} on {cfg.serve.host} is in use: stop what listens there, "
+                "or pass --port"
+            )
         if os.environ.get("RAY_ADDRESS", "local") != "local" or ray.is_initialized():
             raise fail(
                 "serve.ingress: direct is set when Ray starts, and this command joins a running "
