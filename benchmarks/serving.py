@@ -76,23 +76,22 @@ def _policy(cfg, chosen: str | None) -> str:
     return str(trained.resolve()) if (trained / "operating_points.json").exists() else HAND_SET
 
 
-def router_port(ingress: str) -> int:
-    """The loopback port the router will answer on. Call before Ray starts: with direct
-    ingress, the router replica takes that port itself (`use_direct_ingress`)."""
+def router_ports(ingress: str) -> tuple[int, int]:
+    """The loopback port the router will answer on, and Serve's proxy's. Call before Ray
+    starts: with direct ingress, the router replica takes the first itself and the proxy gets
+    another (`use_direct_ingress`); through the proxy, both are the same."""
     port = free_port()
-    if ingress == "direct":
-        use_direct_ingress(port)
-    return port
+    return (port, use_direct_ingress(port)) if ingress == "direct" else (port, port)
 
 
-def start_router(config: str, policy: str, port: int, ingress: str) -> str:
-    """The Serve app answering on loopback `port` (see `router_port`), through Serve's proxy or
-    by direct ingress; returns its base URL once healthy."""
+def start_router(config: str, policy: str, ports: tuple[int, int]) -> str:
+    """The Serve app answering on loopback `ports` (see `router_ports`), through Serve's proxy
+    or by direct ingress; returns its base URL once healthy."""
     from ray import serve
 
     from serve_app.app import build_app
 
-    proxy_port = free_port() if ingress == "direct" else port
+    port, proxy_port = ports
     serve.start(http_options={"host": "127.0.0.1", "port": proxy_port})
     overrides = {"serve": {"policy": policy, "auth": {"mode": "off"}, "max_ongoing_requests": 256}}
     serve.run(build_app({"config": config, "overrides": overrides}), name=APP, route_prefix="/")
@@ -358,11 +357,11 @@ def main(argv=None) -> None:
     policy = _policy(cfg, args.policy)
     ingress = args.ingress or cfg.serve.ingress
     use_grpc_handles()  # the direct arm's handles call the engines as the router's do
-    port = router_port(ingress)
+    ports = router_ports(ingress)
     connect_ray()
     from ray import serve
 
-    base = start_router(args.config, policy, port, ingress)
+    base = start_router(args.config, policy, ports)
     problems = load_split(cfg.dataset, cfg.evaluation.split)
     rule = make_rule("policy", policy=load_policy(policy), threshold=args.kappa)
     decisions = 200 if args.quick else 5000

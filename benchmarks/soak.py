@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from benchmarks.common import Table, connect_ray, label, parse_args, report
-from benchmarks.serving import APP, router_port, start_router
+from benchmarks.serving import APP, router_ports, start_router
 from pipeline.data import load_split
 from pipeline.policy import HAND_SET
 
@@ -219,11 +219,11 @@ def main(argv=None) -> None:
     minutes = 1.0 if args.quick else args.minutes
     started = time.perf_counter()
     ingress = args.cfg.serve.ingress
-    port = router_port(ingress)
+    ports = router_ports(ingress)
     connect_ray()
     from ray import serve
 
-    base = start_router(args.config, HAND_SET, port, ingress)
+    base = start_router(args.config, HAND_SET, ports)
     try:
         outcome = asyncio.run(soak(args.cfg, base, minutes))
     finally:

@@ -24,6 +24,7 @@ own).
 from __future__ import annotations
 
 import os
+import socket
 
 __all__ = [
     "REQUEST_PATH_ENV",
@@ -72,20 +73,20 @@ def direct_ingress_env(port: int) -> dict[str, str]:
     }
 
 
-def use_direct_ingress(port: int) -> None:
+def use_direct_ingress(port: int, host: str = "127.0.0.1") -> int:
     """Direct ingress on `port` for the Ray this process is about to start: call it before
-    `ray.init` and before anything imports `ray.serve`."""
+    `ray.init` and before anything imports `ray.serve`. Returns a free port for Serve's
+    head-node proxy (`serve.start`'s `http_options`), which must not take `port`."""
     import sys
 
     if "ray.serve" in sys.modules:
         raise RuntimeError("use_direct_ingress must run before ray.serve is imported")
     os.environ.update(direct_ingress_env(port))
+    return free_port(host)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A port nothing listens on now."""
-    import socket
-
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
@@ -93,8 +94,6 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def port_is_free(host: str, port: int) -> bool:
     """Whether `port` on `host` can be bound now (the direct-ingress replica binds it later)."""
-    import socket
-
     with socket.socket() as s:
         try:
             s.bind((host, port))

@@ -94,11 +94,12 @@ def run_trial(params: dict, *, experiment: dict, spec: dict, root: str) -> None:
     # The FINAL_METRICS, all on the calibration split: APGR and AUC of the policy's curve,
     # accuracy and cost at the chosen operating point (the budget's, else the first), cost@large.
     # (summary column `cost_at_large_accuracy[/<cost model>]` → `calibration/cost_at_large[...]`)
+    prefix = "calibration/cost_at_large"
     at_large = {
         metric: float(row[column])
         for metric in FINAL_METRICS
-        if metric.startswith("calibration/cost_at_large")
-        and (column := metric.replace("calibration/cost_at_large", "cost_at_large_accuracy")) in row
+        if metric.startswith(prefix)
+        and (column := "cost_at_large_accuracy" + metric.removeprefix(prefix)) in row
     }
     tune.report(
         dict(last)

@@ -27,7 +27,7 @@ def serve_command(
 
     import ray
 
-    from serve_app.request_path import free_port, port_is_free, use_direct_ingress
+    from serve_app.request_path import port_is_free, use_direct_ingress
 
     overrides: dict = {}
     for key, value in (("host", host), ("port", port), ("policy", policy)):
@@ -48,8 +48,7 @@ def serve_command(
                 "Ray. Start that cluster with RAY_SERVE_ENABLE_DIRECT_INGRESS=1 (README, "
                 "'Serving'), or use serve.ingress: proxy"
             )
-        use_direct_ingress(cfg.serve.port)
-        http_port = free_port(cfg.serve.host)  # Serve's head-node proxy; clients use serve.port
+        http_port = use_direct_ingress(cfg.serve.port, cfg.serve.host)  # clients: serve.port
     from ray import serve
 
     from serve_app.app import build_app
