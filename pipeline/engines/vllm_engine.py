@@ -73,6 +73,7 @@ class VLLMEngine:
 
     async def generate(self, request: StepRequest) -> StepResult:
         from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
 
         room = self.max_model_len - len(request.prompt_token_ids)
         if room <= 0:  # the context is full: nothing can be generated
@@ -86,6 +87,11 @@ class VLLMEngine:
             stop=list(request.stop),
             include_stop_str_in_output=request.include_stop_str_in_output,
             logprobs=request.n_logprobs,
+            # Less Python work per generated token (benchmarks/RESULTS.md, rollout): one output
+            # when the step is done instead of a cumulative one per token, and the logprobs in
+            # a few flat lists instead of a dict per position.
+            output_kind=RequestOutputKind.FINAL_ONLY,
+            flat_logprobs=True,
         )
         final = None
         async for output in self._engine.generate(
