@@ -85,6 +85,25 @@ def test_every_command_answers_a_bad_config_with_one_error_line(tmp_path: Path, 
     assert "Traceback" not in result.output
 
 
+@pytest.mark.parametrize(
+    ("command", "override", "field"),
+    [
+        (["train"], "training.cost_weight=-1", "cost_weight"),
+        (["calibrate"], "calibration.budgets=[0.5, -0.2]", "every budget must be > 0"),
+        (["calibrate", "--method", "ltt"], "calibration.method=bogus", "method"),
+        (["pipeline"], "evaluation.limit=0", "limit"),
+    ],
+)
+def test_set_reaches_the_config_a_command_loads(command, override, field) -> None:
+    """`--set` is applied before anything starts: a value only the override makes invalid is
+    refused in one error line (and it wins over the command's own option, `--method`)."""
+    config = str(REPO / "configs" / "testbed.yaml")
+    result = runner.invoke(app, [*command, "--config", config, "--set", override])
+    assert result.exit_code == 2, result.output
+    assert "error:" in result.output and field in result.output
+    assert "Traceback" not in result.output
+
+
 def test_a_bad_sweep_spec_is_an_error_too(tmp_path: Path) -> None:
     spec = tmp_path / "sweep.yaml"
     spec.write_text("name: s\niterations: 1\nnot_a_field: 1\n")

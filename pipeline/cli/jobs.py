@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from pipeline.cli.console import console, fail
-from pipeline.cli.options import parse_overrides
+from pipeline.cli.options import SetOption, parse_overrides
 from pipeline.config import load_config
 
 
@@ -189,10 +189,7 @@ def pipeline_command(
     serve_after: Annotated[
         bool, typer.Option("--serve", help="Deploy the router on Ray Serve at the end.")
     ] = False,
-    set_: Annotated[
-        list[str] | None,
-        typer.Option("--set", help="Override a config key: section.key=value (YAML value)."),
-    ] = None,
+    set_: SetOption = None,
 ) -> None:
     """The main job: baselines, train, calibrate, evaluate (each skipped when up to date)."""
     import time
@@ -202,7 +199,7 @@ def pipeline_command(
     from pipeline.evaluation import TESTBED_LABEL, format_metric
     from pipeline.jobs import run_pipeline
 
-    cfg = load_config(config, parse_overrides(set_ or []))
+    cfg = load_config(config, parse_overrides(set_))
     label = TESTBED_LABEL if cfg.dataset.name == "testbed" else cfg.dataset.name
     console.print(f"[bold]pipeline[/] {cfg.name} — {label}")
     started = time.perf_counter()

@@ -2,8 +2,20 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
+import typer
+
 from pipeline.cli.console import fail
 from pipeline.config import ConfigError
+
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set", help="Override a config key: section.key=value (YAML value); repeatable."
+    ),
+]
+"""`--set`, as every command that loads an experiment config takes it (`parse_overrides`)."""
 
 
 def parse_seeds(text: str | None) -> list[int]:
@@ -21,12 +33,13 @@ def parse_seeds(text: str | None) -> list[int]:
     return seeds
 
 
-def parse_overrides(pairs: list[str]) -> dict:
-    """`["evaluation.limit=400"]` → `{"evaluation": {"limit": 400}}` (values parsed as YAML)."""
+def parse_overrides(pairs: list[str] | None, tree: dict | None = None) -> dict:
+    """`["evaluation.limit=400"]` → `{"evaluation": {"limit": 400}}` (values parsed as YAML),
+    added to `tree` (a command's own option overrides), where `--set` wins."""
     import yaml
 
-    tree: dict = {}
-    for pair in pairs:
+    tree = tree or {}
+    for pair in pairs or []:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
             raise fail(f"--set takes section.key=value (got {pair!r})")

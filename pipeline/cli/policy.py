@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from pipeline.cli.console import console, fail
-from pipeline.cli.options import parse_seeds
+from pipeline.cli.options import SetOption, parse_overrides, parse_seeds
 from pipeline.config import CALIBRATED_RULES, ExperimentConfig, load_config
 
 
@@ -25,11 +25,12 @@ def train_command(
             "<output_dir>/seeds/seed-<s>/policy (instead of <output_dir>/policy)."
         ),
     ] = None,
+    set_: SetOption = None,
 ) -> None:
     """Train the routing policy with RLlib PPO; export it to <output_dir>/policy."""
     import time
 
-    cfg = load_config(config)
+    cfg = load_config(config, parse_overrides(set_))
     seed_list = parse_seeds(seeds)
     from rllib_env.train import train
 
@@ -85,9 +86,11 @@ def calibrate_command(
             f"baseline ({', '.join(CALIBRATED_RULES[1:])}), saved to <output_dir>/rules/<rule>."
         ),
     ] = None,
+    set_: SetOption = None,
 ) -> None:
     """Choose a rule's threshold κ per budget / accuracy target on the calibration split."""
-    cfg = load_config(config, {"calibration": {"method": method}} if method else None)
+    own = {"calibration": {"method": method}} if method else {}
+    cfg = load_config(config, parse_overrides(set_, own))
     rule = rule or cfg.routing.rule
     if rule not in CALIBRATED_RULES:
         raise fail(f"--rule '{rule}' cannot be calibrated; choose one of {list(CALIBRATED_RULES)}")
