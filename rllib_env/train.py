@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import gymnasium as gym
 from ray.rllib.algorithms.algorithm import Algorithm
 from ray.rllib.algorithms.ppo import PPOConfig
 from ray.rllib.callbacks.callbacks import RLlibCallback
@@ -49,6 +50,7 @@ __all__ = [
 ]
 
 MODULE_ID = "router"
+RLLIB_ENV_ID = "rllib-multi-agent-env-v0"  # the id RLlib's MultiAgentEnvRunner registers
 STD_FLOOR = 0.05  # a feature (nearly) constant on the sample is centred, not blown up
 
 
@@ -293,6 +295,9 @@ def _build_algorithm(
         state = json.loads((last / "steproute.json").read_text())
         start_iteration = state["iteration"]
         config.env_config["cost_weight"] = state["cost_weight"]
+    # RLlib registers its env runners' env with gymnasium under one fixed id on every build; a
+    # second training in this process (`train --seeds 0,1,2`) would log "Overriding environment".
+    gym.envs.registry.pop(RLLIB_ENV_ID, None)
     algo = config.build_algo()
     if last is not None:
         algo.restore_from_path(str(last.resolve()))

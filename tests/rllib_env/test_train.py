@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -112,8 +114,12 @@ def test_train_seeds_exports_one_policy_per_seed(tiny_training_cfg, testbed_engi
     config = tmp_path / "cfg.yaml"
     config.write_text(yaml.safe_dump(tiny_training_cfg.model_dump(mode="json")))
     args = ["train", "-c", str(config), "--seeds", "0,1", "--iterations", "1", "--no-mlflow"]
-    result = CliRunner().invoke(app, args)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
+    # Training again in this process does not re-register RLlib's env over the last one.
+    assert not [w for w in caught if "Overriding environment" in str(w.message)]
     policies = [RouterPolicy.load(tiny_training_cfg.seed_dir(s) / "policy") for s in (0, 1)]
     assert not (tmp_path / "policy").exists()  # seeds never overwrite the single policy
     first, second = (p.state_dict()["head.weight"] for p in policies)
