@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from serve_app.request_path import free_port
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -71,19 +73,11 @@ def testbed_engines(ray_session, testbed_cfg):
 # ------------------------------------------------------------------ OpenAI-compatible servers
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def _vllm_serve(model, *extra: str, log_name: str = "vllm-serve"):
     """`vllm serve` of a testbed model on loopback, started and stopped here; yields its /v1 URL.
     The server answers to the model's `path` as its name (what `OpenAIEngine` sends)."""
-    port = _free_port()
+    port = free_port()
     command = [
         sys.executable,
         "-m",

@@ -20,6 +20,7 @@ import pandas as pd
 import pytest
 
 from pipeline.engines.cache import StepCache
+from serve_app.request_path import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "testbed_endpoints.yaml"
@@ -87,7 +88,7 @@ def test_the_pipeline_runs_on_endpoints_and_serve_fronts_them(endpoints, tmp_pat
     results = pd.read_parquet(tmp_path / "evaluation" / "results.parquet")
     assert (results[results.rule == "large_only"].cost > 0).all()
 
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [
             sys.executable,
@@ -147,11 +148,3 @@ def test_a_server_without_logprobs_still_completes_the_pipeline(endpoints, tmp_p
     assert output.count("server returned no logprobs") == 1, output[-3000:]
     report = (tmp_path / "evaluation" / "report.md").read_text()
     assert "Neutral features" in report and "draft/mean_prob" in report
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

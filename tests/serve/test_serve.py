@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -22,6 +21,7 @@ from pipeline.data import load_split
 from pipeline.grading import extract_answer
 from pipeline.policy import RouterPolicy
 from pipeline.rules import make_rule
+from serve_app.request_path import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "testbed.yaml"
@@ -66,9 +66,7 @@ def server(ray_session, policy_folder):
 
     from serve_app.app import build_app
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     common = {"policy": str(policy_folder), "request_timeout_s": 20, "max_request_bytes": 8192}
     serve.run(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -16,15 +15,11 @@ import httpx
 import psutil
 import yaml
 
+from serve_app.request_path import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 DRAIN_TIMEOUT_S = 20.0
 SHUTDOWN_ALLOWANCE_S = 30.0  # Serve and Ray shutting down after the drain
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _config(tmp_path: Path) -> Path:
@@ -54,7 +49,7 @@ def _ask(base: str, question: str, answers: list) -> None:
 def test_sigterm_drains_requests_in_flight_and_leaves_no_process(tmp_path, testbed_cfg) -> None:
     from pipeline.data import load_split
 
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     command = [sys.executable, "-m", "pipeline.cli", "serve", "--config", str(_config(tmp_path))]
     command += ["--port", str(port), "--policy", "hand_set"]
