@@ -92,6 +92,7 @@ def test_every_command_answers_a_bad_config_with_one_error_line(tmp_path: Path, 
         (["calibrate"], "calibration.budgets=[0.5, -0.2]", "every budget must be > 0"),
         (["calibrate", "--method", "ltt"], "calibration.method=bogus", "method"),
         (["pipeline"], "evaluation.limit=0", "limit"),
+        (["evaluate", "--limit", "5"], "evaluation.limit=0", "limit"),
     ],
 )
 def test_set_reaches_the_config_a_command_loads(command, override, field) -> None:

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from pipeline.cli.console import console, fail
-from pipeline.cli.options import parse_seeds
+from pipeline.cli.options import SetOption, parse_overrides, parse_seeds
 from pipeline.config import ExperimentConfig, load_config
 from pipeline.data import DataError
 
@@ -32,6 +32,7 @@ def evaluate_command(
         str | None,
         typer.Option(help="Comma-separated seeds: the policies `steproute train --seeds` wrote."),
     ] = None,
+    set_: SetOption = None,
 ) -> None:
     """Run routing rules over a split: accuracy–cost curves, metrics, report, plots, MLflow.
     With --seeds, the `policy` rule runs once per seed and the report adds the seeds' spread."""
@@ -43,7 +44,7 @@ def evaluate_command(
         overrides["limit"] = limit
     if local:
         overrides["use_ray"] = False
-    cfg = load_config(config, {"evaluation": overrides} if overrides else None)
+    cfg = load_config(config, parse_overrides(set_, {"evaluation": overrides} if overrides else {}))
     seed_list = parse_seeds(seeds)
     unknown = [r for r in (rule or cfg.evaluation.rules) if r not in RULES]
     if unknown:
