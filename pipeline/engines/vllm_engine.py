@@ -72,8 +72,7 @@ class VLLMEngine:
         return engine_kwargs(model)
 
     async def generate(self, request: StepRequest) -> StepResult:
-        from vllm import SamplingParams
-        from vllm.sampling_params import RequestOutputKind
+        from vllm.sampling_params import RequestOutputKind, SamplingParams
 
         room = self.max_model_len - len(request.prompt_token_ids)
         if room <= 0:  # the context is full: nothing can be generated
