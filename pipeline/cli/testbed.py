@@ -129,6 +129,13 @@ def testbed_train_prm(
         bool, typer.Option(help="Also train on the large model's drafts of the train problems.")
     ] = False,
     seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
+    init_from: Annotated[
+        Path | None,
+        typer.Option(
+            help="The language model whose body the PRM starts from (default: the large testbed "
+            "model; the small one makes a PRM priced like the small model)."
+        ),
+    ] = None,
 ) -> None:
     """Train the testbed process reward model on the small model's graded drafts (train split)
     and print its step-error AUROC on test-split drafts (torch and vLLM)."""
@@ -142,7 +149,10 @@ def testbed_train_prm(
     for asked, split, name in ((problems, train, "train"), (test_problems, test, "test")):
         if asked is not None and not 0 < asked <= len(split):
             raise fail(f"asked for {asked} {name} problems, the {name} split holds {len(split)}")
+    if init_from is not None and not (init_from / "config.json").is_file():
+        raise fail(f"--init-from {init_from}: not a model folder (no config.json in it)")
     update = {"seed": seed, "large_drafts": large_drafts} | ({"epochs": epochs} if epochs else {})
+    update |= {"init_from": str(init_from)} if init_from is not None else {}
     spec = PRMSpec().model_copy(update=update)
     console.print(f"[bold]testbed[/] training the PRM: {spec.model_dump()}")
     report = asyncio.run(

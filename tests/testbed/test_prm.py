@@ -76,17 +76,30 @@ def test_committed_prm_scores_held_out_right_steps_above_wrong_ones_in_vllm(
 
 
 def test_train_prm_with_a_tiny_budget_writes_a_folder_vllm_loads(tmp_path, monkeypatch) -> None:
+    """From the small model's body (`--init-from`): a PRM priced like the small model."""
     monkeypatch.setenv("STEPROUTE_OUTPUT", str(tmp_path / "runs"))  # its step cache goes here
     out = tmp_path / "prm"
+    small = REPO / "pipeline" / "testbed" / "models" / "small"
     result = CliRunner().invoke(
         app,
         ["testbed", "train-prm", "--problems", "12", "--test-problems", "12", "--epochs", "1"]
-        + ["--out", str(out)],
+        + ["--out", str(out), "--init-from", str(small)],
     )
     assert result.exit_code == 0, result.output
     record = json.loads((out / "training.json").read_text())
     measured = record["measured"]
     assert record["spec"]["epochs"] == 1 and measured["test_steps"] > 0
+    assert record["spec"]["init_from"] == str(small)
+    body, prm = (json.loads((folder / "config.json").read_text()) for folder in (small, out))
+    for key in ("hidden_size", "num_hidden_layers", "intermediate_size"):
+        assert prm[key] == body[key], key  # the small model's body, not the large one's
     # vLLM loaded the folder and answered at every test step as the torch model does.
     assert measured["vllm_max_difference"] < 1e-3, measured
     assert "AUROC" in result.output
+
+
+def test_train_prm_refuses_a_body_that_is_no_model_folder(tmp_path) -> None:
+    result = CliRunner().invoke(app, ["testbed", "train-prm", "--init-from", str(tmp_path)])
+    assert result.exit_code == 2, result.output
+    assert "--init-from" in result.output and "no config.json" in result.output
+    assert "Traceback" not in result.output
