@@ -5,6 +5,9 @@
   (`large_only`); every step is graded with `tasks.grade_step`, which is the PRM's label. One
   sequence per problem: the prompt and its steps as the small model's token ids, a label at the
   newline ending each step (`pipeline.testbed.prm`).
+- Or, with `PRMSpec.labels = "monte_carlo"`, labels any benchmark can produce: the guided paths
+  of `pipeline.labels` (a draft is right when the large model still finishes correctly after
+  it), as `monte_carlo_sequences` lays them out.
 - A slice of the train problems is held out (`PRMSpec.validation_fraction`): hyper-parameters
   are chosen on it, never on the test split.
 - Measure: the step-level AUROC of 1 − p(right) for "this step is wrong" on the small model's
@@ -27,13 +30,16 @@ import math
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from pipeline.config import ExperimentConfig
 from pipeline.controller import Controller
 from pipeline.data import Problem
 from pipeline.engines.cache import StepCache
+from pipeline.labels import monte_carlo_labels
 from pipeline.metrics import auroc
+from pipeline.prompts import load_tokenizers
 from pipeline.rules import make_rule
 from pipeline.testbed.prm import (
     STEP_TAG_ID,
@@ -49,7 +55,13 @@ from pipeline.trajectory import ReasoningState
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PRMReport", "labelled_sequence", "train_testbed_prm", "vllm_step_probabilities"]
+__all__ = [
+    "PRMReport",
+    "labelled_sequence",
+    "monte_carlo_sequences",
+    "train_testbed_prm",
+    "vllm_step_probabilities",
+]
 
 
 @dataclass
@@ -84,10 +96,38 @@ def labelled_sequence(state: ReasoningState, model: str) -> LabelledSequence:
     return LabelledSequence(tuple(ids), tuple(positions), tuple(right))
 
 
+def monte_carlo_sequences(
+    path: ReasoningState, model: str, encode: Callable[[str], list[int]]
+) -> list[LabelledSequence]:
+    """A guided path of `pipeline.labels` as labelled sequences in `model`'s token ids: the path
+    itself, each kept draft labelled right (the large model still finished from it), and per
+    escalated step its prefix plus the discarded draft (`encode`d), labelled wrong."""
+    ids = list(path.contexts[model][: path.prompt_lengths[model]])
+    positions, sequences = [], []
+    for step in path.steps:
+        if step.model == model:
+            ids += tagged_step(step.token_ids)
+            positions.append(len(ids) - 1)
+            continue
+        if step.draft_text is not None:
+            discarded = ids + tagged_step(encode(step.draft_text))
+            sequences.append(LabelledSequence(tuple(discarded), (len(discarded) - 1,), (False,)))
+        ids += tagged_step(step.token_ids)
+    if positions:
+        sequences.insert(
+            0, LabelledSequence(tuple(ids), tuple(positions), (True,) * len(positions))
+        )
+    return sequences
+
+
 async def _drafts(
-    cfg: ExperimentConfig, problem_sets: dict[str, tuple[str, list[Problem]]], engines
+    cfg: ExperimentConfig,
+    problem_sets: dict[str, tuple[str, list[Problem]]],
+    engines,
+    guided: list[Problem] = (),
 ) -> dict[str, list[ReasoningState]]:
-    """Solve each named (rule, problems) pair; engines are started in this process unless
+    """Solve each named (rule, problems) pair, and under "guided" the Monte-Carlo guided paths
+    of the `guided` problems (`pipeline.labels`); engines are started in this process unless
     given, and then their steps go through the shared step cache (a rerun is lookups)."""
     from pipeline.engines.launch import engine_pool
 
@@ -95,10 +135,14 @@ async def _drafts(
     async with engine_pool(cfg.models, use_ray=False, cache=cache, engines=engines) as live:
         controller = Controller(cfg, live)
         concurrency = cfg.evaluation.concurrency
-        return {
+        solved = {
             name: await controller.run(problems, make_rule(rule), concurrency=concurrency)
             for name, (rule, problems) in problem_sets.items()
         }
+        if guided:
+            labels = await monte_carlo_labels(controller, guided, concurrency=concurrency)
+            solved["guided"] = list(labels.paths)
+        return solved
 
 
 def vllm_step_probabilities(
@@ -158,15 +202,31 @@ async def train_testbed_prm(
     """Collect and grade drafts, train the PRM on the train problems (less a held-out slice),
     save it to `output_dir` and measure it on the test problems' small drafts."""
     fit, held_out = _split(train_problems, spec.validation_fraction, spec.seed)
-    problem_sets = {"train": ("small_only", train_problems), "test": ("small_only", test_problems)}
+    monte_carlo = spec.labels == "monte_carlo"
+    problem_sets = {"test": ("small_only", test_problems)}
+    if not monte_carlo:
+        problem_sets["train"] = ("small_only", train_problems)
     if spec.large_drafts:
         problem_sets["large"] = ("large_only", fit)
-    drafts = await _drafts(cfg, problem_sets, engines)
+    drafts = await _drafts(cfg, problem_sets, engines, train_problems if monte_carlo else [])
     small = cfg.models[0].name
     held_ids = {p.id for p in held_out}
-    train = [labelled_sequence(s, small) for s in drafts["train"] if s.problem.id not in held_ids]
-    validation = [labelled_sequence(s, small) for s in drafts["train"] if s.problem.id in held_ids]
-    test = [labelled_sequence(s, small) for s in drafts["test"]]
+    if monte_carlo:
+        tokenizer = load_tokenizers(cfg.models[:1])[small]
+        encode = partial(tokenizer.encode, add_special_tokens=False)
+        sequences = {
+            p.problem.id: monte_carlo_sequences(p, small, encode) for p in drafts["guided"]
+        }
+        train = _flat(v for k, v in sequences.items() if k not in held_ids)
+        validation = _flat(v for k, v in sequences.items() if k in held_ids)
+    else:
+        train = [
+            labelled_sequence(s, small) for s in drafts["train"] if s.problem.id not in held_ids
+        ]
+        validation = [
+            labelled_sequence(s, small) for s in drafts["train"] if s.problem.id in held_ids
+        ]
+    test = [labelled_sequence(s, small) for s in drafts["test"]]  # graded: measuring only
     small_train_steps = _flat(s.right for s in train)
     train += [labelled_sequence(s, small) for s in drafts.get("large", [])]
 

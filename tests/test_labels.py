@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 
 import numpy as np
 import pytest
@@ -13,7 +14,10 @@ from pipeline.data import load_split
 from pipeline.labels import StepLabels, fit_policy, monte_carlo_labels
 from pipeline.metrics import auroc
 from pipeline.policy import RouterPolicy
+from pipeline.prompts import load_tokenizers
+from pipeline.testbed.prm import STEP_TAG_ID, tagged_step
 from pipeline.testbed.tasks import grade_step
+from pipeline.testbed_prm import monte_carlo_sequences
 
 
 @pytest.fixture(scope="module")
@@ -83,3 +87,29 @@ def test_fit_policy_refuses_an_empty_label_set() -> None:
     empty = StepLabels(np.zeros((0, 3), np.float32), np.zeros(0, bool), (), (), (), rollouts=0)
     with pytest.raises(ValueError, match="no labelled drafts"):
         fit_policy(RouterPolicy((), 2, 3), empty)
+
+
+def test_guided_paths_become_prm_sequences_with_their_labels(labelled, testbed_cfg) -> None:
+    """`steproute testbed train-prm --labels monte_carlo` trains on these: each kept draft right,
+    each discarded draft wrong, read at the step tag after it on the context it was drafted in."""
+    tokenizer = load_tokenizers(testbed_cfg.models[:1])["small"]
+    encode = partial(tokenizer.encode, add_special_tokens=False)
+    drafts_of = zip(labelled.problem_ids, labelled.step_indices, strict=True)
+    keep_ok = dict(zip(drafts_of, labelled.keep_ok, strict=True))
+    discarded_drafts = 0
+    for path in labelled.paths:
+        sequences = monte_carlo_sequences(path, "small", encode)
+        labels = sorted(right for s in sequences for right in s.right)
+        assert labels == sorted(keep_ok[path.problem.id, k] for k in range(len(path.steps)))
+        prompt = tuple(path.contexts["small"][: path.prompt_lengths["small"]])
+        for sequence in sequences:
+            assert sequence.input_ids[: len(prompt)] == prompt
+            assert all(sequence.input_ids[p] == STEP_TAG_ID for p in sequence.positions)
+        wrong = [s for s in sequences if s.right == (False,)]
+        drafts = [step.draft_text for step in path.steps if step.escalated]
+        assert len(wrong) == len(drafts)
+        for sequence, draft in zip(wrong, drafts, strict=True):
+            ids = tuple(tagged_step(encode(draft)))
+            assert sequence.input_ids[-len(ids) :] == ids
+        discarded_drafts += len(drafts)
+    assert discarded_drafts > 0  # the fixture's problems hold escalations to check

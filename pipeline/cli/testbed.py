@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 from rich.table import Table
 
 from pipeline.cli.console import console, fail
@@ -136,9 +137,17 @@ def testbed_train_prm(
             "model; the small one makes a PRM priced like the small model)."
         ),
     ] = None,
+    labels: Annotated[
+        str,
+        typer.Option(
+            help="step_grader (the testbed's grader) or monte_carlo (the large model finishes "
+            "after the draft: labels any benchmark can produce)."
+        ),
+    ] = "step_grader",
 ) -> None:
-    """Train the testbed process reward model on the small model's graded drafts (train split)
-    and print its step-error AUROC on test-split drafts (torch and vLLM)."""
+    """Train the testbed process reward model on the small model's drafts of the train split
+    (labelled by the step grader, or by Monte-Carlo rollouts) and print its step-error AUROC on
+    test-split drafts, graded (torch and vLLM)."""
     from pipeline.testbed.prm import PRMSpec
     from pipeline.testbed_prm import train_testbed_prm
 
@@ -153,7 +162,11 @@ def testbed_train_prm(
         raise fail(f"--init-from {init_from}: not a model folder (no config.json in it)")
     update = {"seed": seed, "large_drafts": large_drafts} | ({"epochs": epochs} if epochs else {})
     update |= {"init_from": str(init_from)} if init_from is not None else {}
-    spec = PRMSpec().model_copy(update=update)
+    try:
+        spec = PRMSpec(**update, labels=labels)
+    except ValidationError as error:
+        reason = error.errors()[0]["msg"].removeprefix("Value error, ")
+        raise fail(f"train-prm: {reason} (--labels {labels})") from None
     console.print(f"[bold]testbed[/] training the PRM: {spec.model_dump()}")
     report = asyncio.run(
         train_testbed_prm(

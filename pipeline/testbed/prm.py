@@ -23,9 +23,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipeline.testbed.tokenizer import save_tokenizer
 
@@ -70,6 +71,17 @@ class PRMSpec(BaseModel):
     # Also train on the large model's drafts of the same problems (nearly all right steps):
     # held-out AUROC 0.97 instead of 0.98, at twice the training time.
     large_drafts: bool = False
+    # Where a step's label comes from. "step_grader": the testbed's grader (a baseline's labels).
+    # "monte_carlo": whether the large model still finishes correctly after the draft, on the
+    # guided paths of `pipeline.labels` (final answers only: labels any benchmark can produce).
+    labels: Literal["step_grader", "monte_carlo"] = "step_grader"
+
+    @model_validator(mode="after")
+    def _one_kind_of_label(self) -> PRMSpec:
+        if self.large_drafts and self.labels != "step_grader":
+            raise ValueError("large_drafts are labelled by the step grader: only with step_grader")
+        return self
+
     validation_fraction: float = Field(0.1, ge=0, lt=1)  # train problems held out for tuning
     seed: int = 0
     threads: int = 2

@@ -76,20 +76,22 @@ def test_committed_prm_scores_held_out_right_steps_above_wrong_ones_in_vllm(
 
 
 def test_train_prm_with_a_tiny_budget_writes_a_folder_vllm_loads(tmp_path, monkeypatch) -> None:
-    """From the small model's body (`--init-from`): a PRM priced like the small model."""
+    """From the small model's body (`--init-from`): a PRM priced like the small model, trained
+    on Monte-Carlo labels (`--labels monte_carlo`) and measured on graded test drafts."""
     monkeypatch.setenv("STEPROUTE_OUTPUT", str(tmp_path / "runs"))  # its step cache goes here
     out = tmp_path / "prm"
     small = REPO / "pipeline" / "testbed" / "models" / "small"
     result = CliRunner().invoke(
         app,
         ["testbed", "train-prm", "--problems", "12", "--test-problems", "12", "--epochs", "1"]
-        + ["--out", str(out), "--init-from", str(small)],
+        + ["--out", str(out), "--init-from", str(small), "--labels", "monte_carlo"],
     )
     assert result.exit_code == 0, result.output
     record = json.loads((out / "training.json").read_text())
     measured = record["measured"]
     assert record["spec"]["epochs"] == 1 and measured["test_steps"] > 0
     assert record["spec"]["init_from"] == str(small)
+    assert record["spec"]["labels"] == "monte_carlo" and measured["train_steps"] > 0
     body, prm = (json.loads((folder / "config.json").read_text()) for folder in (small, out))
     for key in ("hidden_size", "num_hidden_layers", "intermediate_size"):
         assert prm[key] == body[key], key  # the small model's body, not the large one's
@@ -98,8 +100,16 @@ def test_train_prm_with_a_tiny_budget_writes_a_folder_vllm_loads(tmp_path, monke
     assert "AUROC" in result.output
 
 
-def test_train_prm_refuses_a_body_that_is_no_model_folder(tmp_path) -> None:
-    result = CliRunner().invoke(app, ["testbed", "train-prm", "--init-from", str(tmp_path)])
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--init-from", "."], "no config.json"),
+        (["--labels", "monte_carlo", "--large-drafts"], "large_drafts"),
+        (["--labels", "oracle"], "step_grader"),
+    ],
+)
+def test_train_prm_refuses_bad_options_before_it_starts(options, message) -> None:
+    result = CliRunner().invoke(app, ["testbed", "train-prm", *options])
     assert result.exit_code == 2, result.output
-    assert "--init-from" in result.output and "no config.json" in result.output
+    assert "error:" in result.output and message in result.output
     assert "Traceback" not in result.output
