@@ -124,7 +124,7 @@ async def _drafts(
     cfg: ExperimentConfig,
     problem_sets: dict[str, tuple[str, list[Problem]]],
     engines,
-    guided: list[Problem] = (),
+    guided: Sequence[Problem] = (),
 ) -> dict[str, list[ReasoningState]]:
     """Solve each named (rule, problems) pair, and under "guided" the Monte-Carlo guided paths
     of the `guided` problems (`pipeline.labels`); engines are started in this process unless

@@ -75,16 +75,15 @@ class PRMSpec(BaseModel):
     # "monte_carlo": whether the large model still finishes correctly after the draft, on the
     # guided paths of `pipeline.labels` (final answers only: labels any benchmark can produce).
     labels: Literal["step_grader", "monte_carlo"] = "step_grader"
+    validation_fraction: float = Field(0.1, ge=0, lt=1)  # train problems held out for tuning
+    seed: int = 0
+    threads: int = 2
 
     @model_validator(mode="after")
     def _one_kind_of_label(self) -> PRMSpec:
         if self.large_drafts and self.labels != "step_grader":
             raise ValueError("large_drafts are labelled by the step grader: only with step_grader")
         return self
-
-    validation_fraction: float = Field(0.1, ge=0, lt=1)  # train problems held out for tuning
-    seed: int = 0
-    threads: int = 2
 
 
 @dataclass(frozen=True)
