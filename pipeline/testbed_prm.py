@@ -217,15 +217,10 @@ async def train_testbed_prm(
         sequences = {
             p.problem.id: monte_carlo_sequences(p, small, encode) for p in drafts["guided"]
         }
-        train = _flat(v for k, v in sequences.items() if k not in held_ids)
-        validation = _flat(v for k, v in sequences.items() if k in held_ids)
     else:
-        train = [
-            labelled_sequence(s, small) for s in drafts["train"] if s.problem.id not in held_ids
-        ]
-        validation = [
-            labelled_sequence(s, small) for s in drafts["train"] if s.problem.id in held_ids
-        ]
+        sequences = {s.problem.id: [labelled_sequence(s, small)] for s in drafts["train"]}
+    train = _flat(v for k, v in sequences.items() if k not in held_ids)
+    validation = _flat(v for k, v in sequences.items() if k in held_ids)
     test = [labelled_sequence(s, small) for s in drafts["test"]]  # graded: measuring only
     small_train_steps = _flat(s.right for s in train)
     train += [labelled_sequence(s, small) for s in drafts.get("large", [])]

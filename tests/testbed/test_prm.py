@@ -75,23 +75,26 @@ def test_committed_prm_scores_held_out_right_steps_above_wrong_ones_in_vllm(
     assert auroc([1 - p for p in p_right], wrong) >= AUROC_FLOOR
 
 
-def test_train_prm_with_a_tiny_budget_writes_a_folder_vllm_loads(tmp_path, monkeypatch) -> None:
+@pytest.mark.parametrize("labels", ["step_grader", "monte_carlo"])
+def test_train_prm_with_a_tiny_budget_writes_a_folder_vllm_loads(
+    tmp_path, monkeypatch, labels
+) -> None:
     """From the small model's body (`--init-from`): a PRM priced like the small model, trained
-    on Monte-Carlo labels (`--labels monte_carlo`) and measured on graded test drafts."""
+    on either kind of label (`--labels`) and measured on graded test drafts."""
     monkeypatch.setenv("STEPROUTE_OUTPUT", str(tmp_path / "runs"))  # its step cache goes here
     out = tmp_path / "prm"
     small = REPO / "pipeline" / "testbed" / "models" / "small"
     result = CliRunner().invoke(
         app,
         ["testbed", "train-prm", "--problems", "12", "--test-problems", "12", "--epochs", "1"]
-        + ["--out", str(out), "--init-from", str(small), "--labels", "monte_carlo"],
+        + ["--out", str(out), "--init-from", str(small), "--labels", labels],
     )
     assert result.exit_code == 0, result.output
     record = json.loads((out / "training.json").read_text())
     measured = record["measured"]
     assert record["spec"]["epochs"] == 1 and measured["test_steps"] > 0
     assert record["spec"]["init_from"] == str(small)
-    assert record["spec"]["labels"] == "monte_carlo" and measured["train_steps"] > 0
+    assert record["spec"]["labels"] == labels and measured["train_steps"] > 0
     body, prm = (json.loads((folder / "config.json").read_text()) for folder in (small, out))
     for key in ("hidden_size", "num_hidden_layers", "intermediate_size"):
         assert prm[key] == body[key], key  # the small model's body, not the large one's
