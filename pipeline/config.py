@@ -342,6 +342,7 @@ class DatasetConfig(_Frozen):
 CALIBRATED_RULES = (
     "policy",
     "confidence_threshold",
+    "calculator_confidence",
     "large_likelihood",
     "first_token_entropy",
     "prm_threshold",
@@ -450,6 +451,7 @@ class EvaluationConfig(_Frozen):
         "large_only",
         "random",
         "confidence_threshold",
+        "calculator_confidence",
         "large_likelihood",
         "first_token_entropy",
         "prm_threshold",  # skipped (and said so in the report) where no `prm:` is configured

@@ -10,8 +10,11 @@ feature rows and, for rules that read them, the drafts' texts and problems.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import math
+import operator
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -24,6 +27,7 @@ __all__ = [
     "DraftStats",
     "Observation",
     "TrajectoryStats",
+    "arithmetic_error",
     "draft_stats",
     "feature_vector",
     "text_embedding",
@@ -43,6 +47,7 @@ FEATURE_NAMES: tuple[str, ...] = (
     "traj/min_draft_prob_so_far",  # lowest draft mean_prob of earlier steps (1 at the start)
     "traj/prev_escalated",  # 1 if the previous step was escalated
     "traj/prompt_length",  # prompt tokens / routing.prompt_length_scale, clipped at 1
+    "draft/arithmetic_error",  # 1 if a calculator contradicts an equation the draft writes
 )
 NUM_FEATURES = len(FEATURE_NAMES)
 
@@ -56,6 +61,7 @@ class DraftStats:
     length: float
     has_final_answer: float
     first_token_entropy: float  # not a feature: the `first_token_entropy` rule's score
+    arithmetic_error: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -111,6 +117,70 @@ LOGPROB_FEATURES = (
 for a draft whose server returned none, as is `first_token_entropy`."""
 
 
+# A chain of arithmetic expressions joined by "=", e.g. `47+38=85` or `$1,200 / 4 = $300`.
+_CHAIN = re.compile(r"[\d.+\-*/() ]+(?:=[\d.+\-*/() ]+)+")
+_BINARY = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+}
+
+
+def _evaluate(node: ast.AST) -> float:
+    """The value of a parsed +, -, *, / expression over numbers; ValueError for anything else."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, int | float):
+        return float(node.value)
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd):
+        value = _evaluate(node.operand)
+        return -value if isinstance(node.op, ast.USub) else value
+    if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
+        try:
+            return _BINARY[type(node.op)](_evaluate(node.left), _evaluate(node.right))
+        except ZeroDivisionError as error:
+            raise ValueError("division by zero") from error
+    raise ValueError("not plain arithmetic")
+
+
+def _value(expression: str) -> tuple[float, int] | None:
+    """An expression's value and the decimals its last number is written with (the rounding a
+    written result may carry); None if it is not plain arithmetic."""
+    expression = expression.strip().rstrip(".")
+    if not expression:
+        return None
+    try:
+        value = _evaluate(ast.parse(expression, mode="eval").body)
+    except (SyntaxError, ValueError, OverflowError, RecursionError):
+        return None
+    decimals = expression.rsplit(".", 1)[1] if "." in expression else ""
+    return value, len(decimals) if decimals.isdigit() else 0
+
+
+def arithmetic_error(text: str) -> float:
+    """1.0 if a calculator contradicts an equation written in `text`, else 0.0.
+
+    A check any math benchmark allows (a calculator, as GSM8K's `<<48/2=24>>` annotations use),
+    not the testbed's step grader: it reads only the draft, finds chains like `47+38=85` or
+    `$1,200 × 3 = $3,600` whose first side has an operator, and compares each side with the
+    next, to the rounding the right side is written with. Text it cannot read as arithmetic
+    (words, units, percentages) contradicts nothing."""
+    text = text.replace("×", "*").replace("÷", "/").replace("$", "")
+    text = re.sub(r"(?<=\d),(?=\d{3}\b)", "", text)  # 1,200 -> 1200
+    text = re.sub(r"(?<=\d)\s*[x]\s*(?=\d)", "*", text)  # 3 x 4 -> 3*4
+    for chain in _CHAIN.findall(text):
+        sides = chain.split("=")
+        if not re.search(r"\d\s*[+\-*/]\s*[\d(]", sides[0]):
+            continue  # `of 50 = 10`: the left side is not a calculation
+        values = [_value(side) for side in sides]
+        for left, right in zip(values, values[1:], strict=False):
+            if left is None or right is None:
+                break
+            tolerance = 0.5 * 10.0 ** -right[1] + 1e-9 * max(1.0, abs(right[0]))
+            if abs(left[0] - right[0]) > tolerance:
+                return 1.0
+    return 0.0
+
+
 def draft_stats(
     token_logprobs: Sequence[float],
     top_logprobs: Sequence[Sequence[float]],
@@ -119,11 +189,12 @@ def draft_stats(
     final_answer_markers: Sequence[str] = ("The answer is", "\\boxed"),
 ) -> DraftStats:
     logprobs = [lp for lp in token_logprobs if math.isfinite(lp)]
+    wrong_sum = arithmetic_error(text)
     # GlimpRouter's signal: how unsure the model is as it starts the step.
     first_entropy = top_k_entropy(top_logprobs[0]) if top_logprobs else 0.0
     if not logprobs:
         has_answer = float(any(m in text for m in final_answer_markers))
-        return DraftStats(1.0, 1.0, 1.0, 0.0, 0.0, has_answer, first_entropy)
+        return DraftStats(1.0, 1.0, 1.0, 0.0, 0.0, has_answer, first_entropy, wrong_sum)
     entropies = [top_k_entropy(top) for top in top_logprobs] or [0.0]
     return DraftStats(
         mean_prob=math.exp(sum(logprobs) / len(logprobs)),
@@ -133,6 +204,7 @@ def draft_stats(
         length=min(1.0, len(token_logprobs) / max(1, max_step_tokens)),
         has_final_answer=float(any(m in text for m in final_answer_markers)),
         first_token_entropy=first_entropy,
+        arithmetic_error=wrong_sum,
     )
 
 
@@ -153,6 +225,7 @@ def feature_vector(draft: DraftStats, trajectory: TrajectoryStats) -> list[float
         t.min_draft_prob_so_far,
         float(t.prev_escalated),
         t.prompt_tokens / t.prompt_scale if t.prompt_scale > 0 else 0.0,
+        draft.arithmetic_error,
     ]
     return [min(1.0, max(0.0, v)) for v in values]
 

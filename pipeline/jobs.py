@@ -39,6 +39,7 @@ BASELINE_RULES = (
     "large_only",
     "random",
     "confidence_threshold",
+    "calculator_confidence",
     "large_likelihood",
     "first_token_entropy",
     "prm_threshold",

@@ -10,6 +10,7 @@ largest model of the ladder (action K-1).
 | `small_only` / `large_only` | never / always |
 | `random` | uniform, from a hash of (problem, step, seed): escalates a fraction p = 1 - threshold |
 | `confidence_threshold` | 1 - draft mean token probability (STEER-like: escalate when unsure) |
+| `calculator_confidence` | (arithmetic_error + 1 - mean probability) / 2: drafts a calculator contradicts first, then the least sure |
 | `large_likelihood` | 1 - exp(mean logprob of the draft under the large model) (SpecReason-like) |
 | `first_token_entropy` | normalized entropy of the draft's first token's top-k (GlimpRouter-like) |
 | `prm_threshold` | 1 - process reward of the draft (RSD-like; needs a PRM model) |
@@ -145,6 +146,21 @@ class ConfidenceThreshold(ThresholdRule):
 
     def scores(self, obs: Observation) -> np.ndarray:
         return 1.0 - obs.features[:, self._column].astype(np.float64)
+
+
+@register("calculator_confidence")
+class CalculatorConfidence(ThresholdRule):
+    """The confidence rule with a calculator in front: a draft whose written arithmetic is wrong
+    (`draft/arithmetic_error`) outranks every draft whose arithmetic holds or cannot be checked,
+    and within each group the less sure draft ranks higher. The handcrafted counterpart of a
+    policy that reads the same feature."""
+
+    _confidence = FEATURE_NAMES.index("draft/mean_prob")
+    _calculator = FEATURE_NAMES.index("draft/arithmetic_error")
+
+    def scores(self, obs: Observation) -> np.ndarray:
+        features = obs.features.astype(np.float64)
+        return (features[:, self._calculator] + 1.0 - features[:, self._confidence]) / 2.0
 
 
 @register("large_likelihood")

@@ -10,6 +10,7 @@ from pipeline.features import (
     FEATURE_NAMES,
     NUM_FEATURES,
     TrajectoryStats,
+    arithmetic_error,
     draft_stats,
     feature_vector,
     top_k_entropy,
@@ -106,3 +107,77 @@ def test_draft_text_embedding_separates_different_steps() -> None:
 
     assert text_embedding("47+38=85\n\n", 16) != text_embedding("The answer is 12.", 16)
     assert text_embedding("anything", 0) == []
+
+
+OPERATORS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    a=st.integers(0, 99_999),
+    b=st.integers(1, 9_999),
+    op=st.sampled_from(["+", "-", "*", "/"]),
+    off=st.integers(-1000, 1000).filter(bool),
+    style=st.sampled_from(["{a}{op}{b}={r} coins.", "So $%s %s %s = $%s.", "{a} {op} {b} = {r}"]),
+)
+def test_arithmetic_error_flags_exactly_the_wrong_results(a, b, op, off, style) -> None:
+    """A right equation reads 0 and the same equation with its result off reads 1, whatever the
+    numbers and however the text writes them (thousands separators, dollars, ×/÷)."""
+    right = round(a / b, 2) if op == "/" else OPERATORS[op](a, b)
+
+    def text(result) -> str:
+        if style.startswith("So"):
+            shown = {"*": "×", "/": "÷"}.get(op, op)
+            return style % (f"{a:,}", shown, f"{b:,}", f"{result:,}")
+        return style.format(a=a, op=op, b=b, r=result)
+
+    assert arithmetic_error(text(right)) == 0.0
+    assert arithmetic_error(text(right + off)) == 1.0
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "The answer is 126.",
+        "20% of 50 = 10 apples.",  # the left side is not a calculation
+        "She is 5-year-old; 3 = three.",
+        "10/3 = 3.33 each",  # written to two decimals
+        "Divide: 7/0=1",  # not arithmetic a calculator answers
+        "1" * 400 + "+1=2",  # beyond a float
+        "2**10=3",  # only + - * / are read
+        "",
+    ],
+)
+def test_arithmetic_error_leaves_text_it_cannot_check_alone(text) -> None:
+    assert arithmetic_error(text) == 0.0
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=st.text(alphabet="0123456789+-*/=().,$x× abc", max_size=40))
+def test_arithmetic_error_reads_any_text(text) -> None:
+    assert arithmetic_error(text) in (0.0, 1.0)
+
+
+def test_arithmetic_error_is_a_feature_of_the_draft_and_agrees_with_the_testbed() -> None:
+    """The testbed's reference steps read 0, the misconception's steps (`90-74=24`) read 1; the
+    value lands in the feature vector's `draft/arithmetic_error` column."""
+    from pipeline.testbed.tasks import ArithmeticTaskConfig, generate_samples
+
+    cfg = ArithmeticTaskConfig(num_problems=200, seed=3)
+    right = generate_samples(cfg)
+    held = generate_samples(cfg, misconceptions=("zero_borrow",))
+    column = FEATURE_NAMES.index("draft/arithmetic_error")
+    trajectory = TrajectoryStats(0, 10, 0.0, 1.0, 0, 1.0, False)
+    differing = 0
+    for good, bad in zip(right, held, strict=True):
+        assert all(arithmetic_error(step) == 0.0 for step in good.steps)
+        if good.question != bad.question:
+            continue  # the generators' draws parted after an earlier misconception step
+        for good_step, bad_step in zip(good.steps, bad.steps, strict=False):
+            if good_step != bad_step:
+                assert bad_step.split("=")[0] == good_step.split("=")[0]  # same calculation
+                differing += 1
+                vector = feature_vector(draft_stats([-0.1], [[-0.1]], bad_step, 32), trajectory)
+                assert vector[column] == 1.0
+                break
+    assert differing > 5

@@ -41,7 +41,14 @@ def test_every_threshold_rule_runs_from_never_to_always() -> None:
         verifier=np.linspace(-3, 0, 50),
         first_entropy=np.linspace(0, 1, 50),
     )
-    rules = ("random", "confidence_threshold", "large_likelihood", "first_token_entropy", "policy")
+    rules = (
+        "random",
+        "confidence_threshold",
+        "calculator_confidence",
+        "large_likelihood",
+        "first_token_entropy",
+        "policy",
+    )
     for name in rules:
         rule = make_rule(name)
         assert rule.with_threshold(NEVER).decide(obs).sum() == 0, name
@@ -52,6 +59,14 @@ def test_confidence_threshold_escalates_the_unsure_drafts() -> None:
     rule = make_rule("confidence_threshold", threshold=0.2)  # escalate when mean prob < 0.8
     actions = rule.decide(_obs(3, np.array([0.95, 0.85, 0.5])))
     assert actions.tolist() == [0, 0, 1]
+
+
+def test_calculator_confidence_escalates_contradicted_drafts_first_then_the_unsure() -> None:
+    obs = _obs(4, np.array([0.99, 0.5, 0.9, 0.3]))
+    obs.features[:, FEATURE_NAMES.index("draft/arithmetic_error")] = [1.0, 0.0, 1.0, 0.0]
+    scores = make_rule("calculator_confidence").scores(obs)
+    assert np.argsort(-scores).tolist() == [2, 0, 3, 1]  # sure but wrong sums before unsure
+    assert ((0.0 <= scores) & (scores <= 1.0)).all()
 
 
 def test_random_rule_escalates_about_p_and_repeats_itself() -> None:
