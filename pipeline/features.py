@@ -119,6 +119,9 @@ for a draft whose server returned none, as is `first_token_entropy`."""
 
 # A chain of arithmetic expressions joined by "=", e.g. `47+38=85` or `$1,200 / 4 = $300`.
 _CHAIN = re.compile(r"[\d.+\-*/() ]+(?:=[\d.+\-*/() ]+)+")
+_THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}\b)")  # 1,200 -> 1200
+_TIMES = re.compile(r"(?<=\d)\s*x\s*(?=\d)")  # 3 x 4 -> 3*4
+_CALCULATION = re.compile(r"\d\s*[+\-*/]\s*[\d(]")  # an operator between operands
 _BINARY = {
     ast.Add: operator.add,
     ast.Sub: operator.sub,
@@ -165,11 +168,10 @@ def arithmetic_error(text: str) -> float:
     next, to the rounding the right side is written with. Text it cannot read as arithmetic
     (words, units, percentages) contradicts nothing."""
     text = text.replace("×", "*").replace("÷", "/").replace("$", "")
-    text = re.sub(r"(?<=\d),(?=\d{3}\b)", "", text)  # 1,200 -> 1200
-    text = re.sub(r"(?<=\d)\s*[x]\s*(?=\d)", "*", text)  # 3 x 4 -> 3*4
+    text = _TIMES.sub("*", _THOUSANDS.sub("", text))
     for chain in _CHAIN.findall(text):
         sides = chain.split("=")
-        if not re.search(r"\d\s*[+\-*/]\s*[\d(]", sides[0]):
+        if not _CALCULATION.search(sides[0]):
             continue  # `of 50 = 10`: the left side is not a calculation
         values = [_value(side) for side in sides]
         for left, right in zip(values, values[1:], strict=False):
@@ -189,12 +191,12 @@ def draft_stats(
     final_answer_markers: Sequence[str] = ("The answer is", "\\boxed"),
 ) -> DraftStats:
     logprobs = [lp for lp in token_logprobs if math.isfinite(lp)]
-    wrong_sum = arithmetic_error(text)
+    calculator = arithmetic_error(text)
     # GlimpRouter's signal: how unsure the model is as it starts the step.
     first_entropy = top_k_entropy(top_logprobs[0]) if top_logprobs else 0.0
     if not logprobs:
         has_answer = float(any(m in text for m in final_answer_markers))
-        return DraftStats(1.0, 1.0, 1.0, 0.0, 0.0, has_answer, first_entropy, wrong_sum)
+        return DraftStats(1.0, 1.0, 1.0, 0.0, 0.0, has_answer, first_entropy, calculator)
     entropies = [top_k_entropy(top) for top in top_logprobs] or [0.0]
     return DraftStats(
         mean_prob=math.exp(sum(logprobs) / len(logprobs)),
@@ -204,7 +206,7 @@ def draft_stats(
         length=min(1.0, len(token_logprobs) / max(1, max_step_tokens)),
         has_final_answer=float(any(m in text for m in final_answer_markers)),
         first_token_entropy=first_entropy,
-        arithmetic_error=wrong_sum,
+        arithmetic_error=calculator,
     )
 
 

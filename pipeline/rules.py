@@ -149,18 +149,17 @@ class ConfidenceThreshold(ThresholdRule):
 
 
 @register("calculator_confidence")
-class CalculatorConfidence(ThresholdRule):
+class CalculatorConfidence(ConfidenceThreshold):
     """The confidence rule with a calculator in front: a draft whose written arithmetic is wrong
     (`draft/arithmetic_error`) outranks every draft whose arithmetic holds or cannot be checked,
     and within each group the less sure draft ranks higher. The handcrafted counterpart of a
     policy that reads the same feature."""
 
-    _confidence = FEATURE_NAMES.index("draft/mean_prob")
     _calculator = FEATURE_NAMES.index("draft/arithmetic_error")
 
     def scores(self, obs: Observation) -> np.ndarray:
-        features = obs.features.astype(np.float64)
-        return (features[:, self._calculator] + 1.0 - features[:, self._confidence]) / 2.0
+        contradicted = obs.features[:, self._calculator].astype(np.float64)
+        return (contradicted + super().scores(obs)) / 2.0
 
 
 @register("large_likelihood")
