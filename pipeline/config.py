@@ -465,6 +465,12 @@ class EvaluationConfig(_Frozen):
         "small-only trajectory's drafts would escalate; 0 % and 100 % are always added.",
     )
     concurrency: int = Field(64, ge=1, description="Problems in flight at once.")
+    points_in_flight: int = Field(
+        1,
+        ge=1,
+        description="Operating points of a thresholded rule run side by side, each with "
+        "`concurrency` problems in flight (the engines batch them together).",
+    )
     policy: str | None = Field(
         None, description="RouterPolicy folder for the `policy` rule; unset = hand-set linear."
     )

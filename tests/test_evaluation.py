@@ -44,12 +44,17 @@ def small_eval_cfg(testbed_cfg, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def two_runs(small_eval_cfg, testbed_engines):
+    """The same evaluation twice: one operating point at a time, then all side by side."""
     first = evaluate(small_eval_cfg, engines=testbed_engines)
-    second = evaluate(small_eval_cfg, engines=testbed_engines)
+    side_by_side = small_eval_cfg.model_copy(
+        update={"evaluation": small_eval_cfg.evaluation.model_copy(update={"points_in_flight": 4})}
+    )
+    second = evaluate(side_by_side, engines=testbed_engines)
     return first, second
 
 
 def test_rerun_hits_the_step_cache_and_reproduces_every_result(two_runs) -> None:
+    """Also with the operating points side by side: the rows come back in the same order."""
     first, second = two_runs
     assert second.cache_stats["cache/hit_rate"] >= 0.95
     columns = ["rule", "threshold", "problem_id", "correct", "cost", "trace"]

@@ -4,6 +4,7 @@ and operating point, with the step-by-step routing trace."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from collections.abc import Callable
@@ -123,28 +124,38 @@ async def evaluate_with(
             if isinstance(rule, ThresholdRule)
             else label
         )
-        states = await controller.run(
+        return await controller.run(
             problems,
             rule,
             concurrency=ev.concurrency,
             progress=(lambda done, total: progress(shown, done, total)) if progress else None,
         )
-        rows.extend(_rows(label, threshold, states, controller))
-        return states
 
     async def sweep(rule: RoutingRule, label: str, points_dir: Path | None = None) -> None:
         if not isinstance(rule, ThresholdRule):
-            await run(rule, math.nan, label)
+            rows.extend(_rows(label, math.nan, await run(rule, math.nan, label), controller))
             return
         probe = await run(rule.with_threshold(NEVER), NEVER, label)
+        rows.extend(_rows(label, NEVER, probe, controller))
         if rule.thresholds:  # a rule with operating points of its own (the oracle)
             thresholds = set(rule.thresholds) | {0.0}
         else:
             thresholds = set(_thresholds(probe, ev.escalation_targets))
         if points_dir is not None:  # the calibrated operating points, too
             thresholds |= {p.kappa for p in load_operating_points(points_dir)}
-        for threshold in sorted(thresholds, reverse=True):
-            await run(rule.with_threshold(threshold), threshold, label)
+        ordered = sorted(thresholds, reverse=True)
+        # The operating points run side by side: one point's last, thinly batched rounds
+        # overlap the others' work, and the small and the large engine work at the same time.
+        gate = asyncio.Semaphore(ev.points_in_flight)
+
+        async def point(threshold: float) -> list[ReasoningState]:
+            async with gate:
+                return await run(rule.with_threshold(threshold), threshold, label)
+
+        for threshold, states in zip(
+            ordered, await asyncio.gather(*(point(t) for t in ordered)), strict=True
+        ):
+            rows.extend(_rows(label, threshold, states, controller))
 
     policy_dir = policy_folder(cfg)
     for name in dict.fromkeys(["small_only", "large_only", *rules]):
