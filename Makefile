@@ -31,6 +31,9 @@ ifeq ($(EXTRA),cpu)
 endif
 	@touch $(STAMP)
 
+DEMO_SETS := --set evaluation.limit=400 --set calibration.limit=400 \
+	--set training.warm_start_problems=2000
+
 demo: setup
 	@echo "== steproute data summary: problem counts per benchmark and split"
 	@$(BIN)/steproute data summary \
@@ -43,10 +46,10 @@ demo: setup
 	@# The main job on the CPU testbed with a local Ray: baselines, RLlib PPO training,
 	@# calibration, evaluation (report: runs/testbed/evaluation/report.md). Stages whose outputs
 	@# match the config are kept, so a second run takes a fraction of the time. The demo
-	@# evaluates and calibrates on 400 problems each; drop the --set flags for the full splits.
-	@echo "== steproute pipeline --config configs/testbed.yaml --set evaluation.limit=400 --set calibration.limit=400"
-	@$(BIN)/steproute pipeline --config configs/testbed.yaml \
-		--set evaluation.limit=400 --set calibration.limit=400
+	@# evaluates and calibrates on 400 problems each and labels the warm start's drafts on
+	@# 2,000 training problems (the config: all 3,180); drop the --set flags for the full job.
+	@echo "== steproute pipeline --config configs/testbed.yaml $(DEMO_SETS)"
+	@$(BIN)/steproute pipeline --config configs/testbed.yaml $(DEMO_SETS)
 
 test: setup
 	$(BIN)/ruff check .
