@@ -118,7 +118,7 @@ async def evaluate_with(
     rows: list[dict] = []
     skipped: dict[str, str] = {}
 
-    async def run(rule: RoutingRule, threshold: float, label: str) -> list[ReasoningState]:
+    async def run(rule: RoutingRule, label: str) -> list[ReasoningState]:
         shown = (
             rule.describe().replace(rule.name, label, 1)
             if isinstance(rule, ThresholdRule)
@@ -133,9 +133,9 @@ async def evaluate_with(
 
     async def sweep(rule: RoutingRule, label: str, points_dir: Path | None = None) -> None:
         if not isinstance(rule, ThresholdRule):
-            rows.extend(_rows(label, math.nan, await run(rule, math.nan, label), controller))
+            rows.extend(_rows(label, math.nan, await run(rule, label), controller))
             return
-        probe = await run(rule.with_threshold(NEVER), NEVER, label)
+        probe = await run(rule.with_threshold(NEVER), label)
         rows.extend(_rows(label, NEVER, probe, controller))
         if rule.thresholds:  # a rule with operating points of its own (the oracle)
             thresholds = set(rule.thresholds) | {0.0}
@@ -150,7 +150,7 @@ async def evaluate_with(
 
         async def point(threshold: float) -> list[ReasoningState]:
             async with gate:
-                return await run(rule.with_threshold(threshold), threshold, label)
+                return await run(rule.with_threshold(threshold), label)
 
         for threshold, states in zip(
             ordered, await asyncio.gather(*(point(t) for t in ordered)), strict=True
