@@ -7,12 +7,19 @@ training), and the same steps are generated three more ways:
              no controller, no step waiting for the one before it;
     replay   the env's own engine calls re-issued back to back, nothing else: what the env adds
              beyond its engine calls is env time - replay time;
+    small alone  only the small model's calls of the env, back to back: the small engine at the
+             env's batch widths. A problem's next draft needs its previous step, so the env
+             cannot make these calls faster, and env / ceiling can reach at most
+             (small alone) / ceiling: the limit that the number of problems in flight sets on
+             this hardware (a measurement, as noisy as its arms, not a proven bound);
     floor    a one-problem-at-a-time loop (`Controller.run` with concurrency 1).
 
 Decisions come from the `random` rule (15 % of steps escalated, drawn from problem and step), so
 every arm takes the same steps; the step cache is off and every arm starts with empty vLLM
-prefix caches. Each arm runs `--repeats` times and its fastest run counts: on a shared 2-core
-machine one run of the ceiling varies by +-15 %, and interference only ever slows an arm down.
+prefix caches. A level runs `--repeats` rounds, each the four arms one after another. Rates are
+the fastest round's (interference only ever slows an arm down); a ratio is the median of the
+rounds' own ratios, with their range: on a shared 2-core machine the speed drifts by 1.5x within
+an hour, and arms measured seconds apart share the drift that arms measured minutes apart do not.
 Goal at 64 in flight: env >= 0.8x the ceiling and >= 10x the floor.
 
     python -m benchmarks.rollout --config configs/testbed.yaml [--quick] [--record] [--repeats 3]
@@ -105,27 +112,15 @@ def scripted_actions(env, obs: dict, rule) -> dict[str, int]:
     return dict(zip(agents, rule.decide(observation).tolist(), strict=True))
 
 
-def fastest_episode(engines, env, calls: list, rule, repeats: int) -> EnvRun:
-    """The fastest of `repeats` identical episodes (same problems, same decisions)."""
-    runs = []
-    for _ in range(repeats):
-        calls.clear()
-        reset_prefix_caches(engines)
-        runs.append(run_episode(env, calls, rule))
-    return min(runs, key=lambda run: run.seconds)
+def _cold_seconds(engines, generate) -> float:
+    """Seconds that `generate()` takes, started with empty prefix caches."""
+    reset_prefix_caches(engines)
+    with timed() as t:
+        asyncio.run(generate())
+    return t.seconds
 
 
-def _fastest_seconds(engines, generate, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        reset_prefix_caches(engines)
-        with timed() as t:
-            asyncio.run(generate())
-        best = min(best, t.seconds)
-    return best
-
-
-def ceiling_seconds(engines, calls, repeats: int = 1) -> float:
+def ceiling_seconds(engines, calls) -> float:
     """Every request of the run, one batch per model."""
     by_model: dict[str, list] = {}
     for model, requests, _ in calls:
@@ -135,17 +130,17 @@ def ceiling_seconds(engines, calls, repeats: int = 1) -> float:
         for model, requests in by_model.items():
             await engines[model].generate_batch(requests)
 
-    return _fastest_seconds(engines, generate, repeats)
+    return _cold_seconds(engines, generate)
 
 
-def replay_seconds(engines, calls, repeats: int = 1) -> float:
+def replay_seconds(engines, calls) -> float:
     """The env's engine calls, in order, with nothing between them."""
 
     async def generate() -> None:
         for model, requests, _ in calls:
             await engines[model].generate_batch(requests)
 
-    return _fastest_seconds(engines, generate, repeats)
+    return _cold_seconds(engines, generate)
 
 
 def floor_rate(cfg, engines, problems: int, rule) -> tuple[float, int]:
@@ -160,27 +155,57 @@ def floor_rate(cfg, engines, problems: int, rule) -> tuple[float, int]:
 
 
 @dataclass
+class Round:
+    """One round of a level: each arm once, one after another, in steps per second."""
+
+    env: float
+    ceiling: float
+    replay: float
+    small_alone: float
+
+
+@dataclass
 class Level:
-    """One number of problems in flight: the env's fastest episode and the rates of its steps."""
+    """One number of problems in flight: its fastest episode and every round's rates."""
 
     in_flight: int
     problems: int
-    run: EnvRun
-    ceiling: float  # steps per second
-    replay: float
+    run: EnvRun  # the fastest episode (every episode takes the same steps)
+    rounds: list[Round]
 
-    @property
-    def rate(self) -> float:
-        return self.run.steps / self.run.seconds
+    def fastest(self, arm: str) -> float:
+        return max(getattr(r, arm) for r in self.rounds)
+
+    def ratio(self, arm: str, to: str = "ceiling") -> str:
+        """The median of the rounds' `arm` / `to` ratios, with their range."""
+        ratios = sorted(getattr(r, arm) / getattr(r, to) for r in self.rounds)
+        median = float(np.median(ratios))
+        if len(ratios) == 1:
+            return f"{median:.2f}x"
+        return f"{median:.2f}x [{ratios[0]:.2f}-{ratios[-1]:.2f}]"
 
 
 def measure_level(cfg, engines, rule, in_flight: int, problems: int, repeats: int) -> Level:
-    """The env at `in_flight`, then its engine calls as the ceiling and as the replay."""
+    """`repeats` rounds at `in_flight`: an env episode, then its engine calls as the ceiling, as
+    the replay and the small model's alone. Every episode takes the same steps."""
     env, calls = make_env(cfg, engines, in_flight, problems)
-    run = fastest_episode(engines, env, calls, rule, repeats)
-    ceiling = run.steps / ceiling_seconds(engines, run.calls, repeats)
-    replay = run.steps / replay_seconds(engines, run.calls, repeats)
-    return Level(in_flight, problems, run, ceiling, replay)
+    small = cfg.models[0].name
+    runs, rounds = [], []
+    for _ in range(repeats):
+        calls.clear()
+        reset_prefix_caches(engines)
+        run = run_episode(env, calls, rule)
+        drafts = [call for call in run.calls if call[0] == small]
+        runs.append(run)
+        rounds.append(
+            Round(
+                env=run.steps / run.seconds,
+                ceiling=run.steps / ceiling_seconds(engines, run.calls),
+                replay=run.steps / replay_seconds(engines, run.calls),
+                small_alone=run.steps / replay_seconds(engines, drafts),
+            )
+        )
+    return Level(in_flight, problems, min(runs, key=lambda run: run.seconds), rounds)
 
 
 def throughput_table(cfg, levels: list[Level], floor: float) -> Table:
@@ -193,7 +218,9 @@ def throughput_table(cfg, levels: list[Level], floor: float) -> Table:
             "env steps/s",
             "ceiling steps/s",
             "replay steps/s",
+            "small alone steps/s",
             "env / ceiling",
+            "limit: small alone / ceiling",
             "env / floor",
             "mean batch",
             "engine-call time / env time",
@@ -205,11 +232,13 @@ def throughput_table(cfg, levels: list[Level], floor: float) -> Table:
             level.in_flight,
             level.problems,
             run.steps,
-            level.rate,
-            level.ceiling,
-            level.replay,
-            f"{level.rate / level.ceiling:.2f}x",
-            f"{level.rate / floor:.1f}x",
+            level.fastest("env"),
+            level.fastest("ceiling"),
+            level.fastest("replay"),
+            level.fastest("small_alone"),
+            level.ratio("env"),
+            level.ratio("small_alone"),
+            f"{level.fastest('env') / floor:.1f}x",
             run.mean_batch,
             f"{run.engine_seconds / run.seconds:.0%}",
         )
@@ -221,7 +250,7 @@ def main(argv=None) -> None:
         "Rollout throughput of the multi-agent env vs. ceiling and floor",
         argv,
         extra=lambda parser: parser.add_argument(
-            "--repeats", type=int, default=3, help="runs per arm; the fastest counts"
+            "--repeats", type=int, default=3, help="rounds of the four arms per level"
         ),
     )
     cfg = args.cfg
@@ -237,14 +266,18 @@ def main(argv=None) -> None:
     for in_flight in in_flight_levels:
         problems = max(2 * in_flight, floor_problems)
         levels.append(measure_level(cfg, engines, rule, in_flight, problems, repeats))
-        print(f"{in_flight} in flight: {levels[-1].rate:.1f} steps/s", flush=True)
+        print(f"{in_flight} in flight: {levels[-1].ratio('env')} the ceiling", flush=True)
     table = throughput_table(cfg, levels, floor)
     table.notes = [
         f"floor (one problem at a time, {floor_problems} problems, {floor_steps} steps): "
         f"{floor:.2f} steps/s",
         f"decisions: `random` rule, {ESCALATION:.0%} of steps escalated; step cache off; "
-        f"vLLM prefix caches emptied before every run; env, ceiling and replay: the fastest of "
-        f"{repeats} runs each",
+        f"vLLM prefix caches emptied before every run; {repeats} round"
+        f"{'s' if repeats != 1 else ''} of the four arms, one "
+        "after another: steps/s are the fastest round's, ratios the median of the rounds' "
+        "ratios [range]",
+        "limit: the small model's calls of the env alone, at the env's batch widths; env / "
+        "ceiling cannot exceed it (up to run-to-run noise)",
         "engine-call time / env time: the env's calls summed; over 100 % when the small and "
         "the large engine work at the same time",
         "goal at 64 in flight: env / ceiling >= 0.8x, env / floor >= 10x",
