@@ -1,7 +1,7 @@
 """Rollout throughput of the multi-agent env (`StepRoutingEnv`), in routing steps per second.
 
 For 1, 8, 32 and 64 problems in flight the env works through 2x as many problems (as in
-training), and the same steps are generated three more ways:
+training), and the same steps are generated four more ways:
 
     ceiling  the raw engines, all of one model's requests of that run in a single batch: no env,
              no controller, no step waiting for the one before it;
@@ -176,9 +176,9 @@ class Level:
     def fastest(self, arm: str) -> float:
         return max(getattr(r, arm) for r in self.rounds)
 
-    def ratio(self, arm: str, to: str = "ceiling") -> str:
-        """The median of the rounds' `arm` / `to` ratios, with their range."""
-        ratios = sorted(getattr(r, arm) / getattr(r, to) for r in self.rounds)
+    def ratio(self, arm: str) -> str:
+        """The median of the rounds' `arm` / ceiling ratios, with their range."""
+        ratios = sorted(getattr(r, arm) / r.ceiling for r in self.rounds)
         median = float(np.median(ratios))
         if len(ratios) == 1:
             return f"{median:.2f}x"
