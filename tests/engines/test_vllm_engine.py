@@ -96,8 +96,7 @@ def test_full_context_returns_empty_length_result(small_engine) -> None:
 def test_engines_run_eager_on_cpu_unless_the_config_asks_for_compilation() -> None:
     from pipeline.engines.vllm_engine import engine_kwargs
 
-    small = load_config(REPO / "configs" / "testbed.yaml").models[0]
-    assert small.enforce_eager is None
-    assert engine_kwargs(small)["enforce_eager"] is True  # this machine has no GPU
-    compiled = small.model_copy(update={"enforce_eager": False})
-    assert engine_kwargs(compiled)["enforce_eager"] is False
+    testbed_small = load_config(REPO / "configs" / "testbed.yaml").models[0]
+    assert engine_kwargs(testbed_small)["enforce_eager"] is False  # the testbed asks for it
+    unset = testbed_small.model_copy(update={"enforce_eager": None})
+    assert engine_kwargs(unset)["enforce_eager"] is True  # this machine has no GPU
