@@ -147,6 +147,14 @@ class ModelConfig(_Frozen):
         description="vLLM enforce_eager. Unset: eager on CPU (no torch.compile warm-up: an "
         "engine starts in seconds), compiled with CUDA graphs on GPU.",
     )
+    engine_core: Literal["process", "thread"] | None = Field(
+        None,
+        description="Where vLLM's engine core runs: 'process' (vLLM's AsyncLLM: a process of "
+        "its own, overlapping the next forward pass with the front end's output work) or "
+        "'thread' (in the hosting process, stepped by one thread: one busy process per engine "
+        "instead of two, no serialization between them). Unset: a process on GPU, a thread on "
+        "CPU.",
+    )
     api_base: str | None = Field(None, description="OpenAI-compatible base URL (engine: openai).")
     api_key_env: str | None = Field(None, description="Environment variable holding the API key.")
     endpoint: EndpointConfig = Field(default_factory=EndpointConfig)

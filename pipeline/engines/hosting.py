@@ -68,7 +68,14 @@ class EngineHost:
             "max_model_len": self.engine.max_model_len,
             "node_id": ray.get_runtime_context().get_node_id() if ray.is_initialized() else None,
             "pid": os.getpid(),
-            "child_pids": [p.pid for p in psutil.Process().children(recursive=True)],
+            # The processes whose death ends the engine: vLLM's engine core process, or this
+            # one when the core runs in process (`ModelConfig.engine_core`).
+            "engine_pids": [
+                p.pid
+                for p in psutil.Process().children(recursive=True)
+                if "EngineCore" in " ".join(p.cmdline())
+            ]
+            or [os.getpid()],
         }
 
     async def unfinished_requests(self) -> int:

@@ -29,6 +29,9 @@ class VLLMPRMEngine(VLLMEngine):
         super().__init__(model)
         self.step_tag_id = model.step_tag_id
 
+    def _core_in_process(self, model: PRMConfig) -> bool:
+        return False  # vLLM's pooling runner behind `AsyncLLM.encode` (an engine of its own)
+
     def _engine_args(self, model: PRMConfig) -> dict:
         from vllm.config import PoolerConfig
 

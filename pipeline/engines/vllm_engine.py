@@ -56,14 +56,25 @@ def configure_cpu_environment() -> None:
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
 
 
+def engine_core_in_process(model: ModelConfig) -> bool:
+    """Run `model`'s vLLM engine core on a thread of this process (`ModelConfig.engine_core`)?"""
+    return _on_cpu() if model.engine_core is None else model.engine_core == "thread"
+
+
 class VLLMEngine:
     def __init__(self, model: ModelConfig) -> None:
         configure_cpu_environment()
-        from vllm import AsyncEngineArgs
-        from vllm.v1.engine.async_llm import AsyncLLM
+        args = self._engine_args(model)
+        self.in_process = self._core_in_process(model)
+        if self.in_process:
+            from pipeline.engines.vllm_inprocess import InProcessLLM
 
-        args = AsyncEngineArgs(**self._engine_args(model))
-        self._engine = AsyncLLM.from_engine_args(args)
+            self._engine = InProcessLLM(args)
+        else:
+            from vllm import AsyncEngineArgs
+            from vllm.v1.engine.async_llm import AsyncLLM
+
+            self._engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**args))
         self.max_model_len = self._engine.model_config.max_model_len
         self.fingerprint = model_fingerprint(model.path, model.revision, model.dtype)
         self.name = model.name
@@ -71,14 +82,51 @@ class VLLMEngine:
     def _engine_args(self, model: ModelConfig) -> dict:
         return engine_kwargs(model)
 
+    def _core_in_process(self, model: ModelConfig) -> bool:
+        return engine_core_in_process(model)
+
     async def generate(self, request: StepRequest) -> StepResult:
+        params = self._sampling_params(request)
+        if params is None:
+            return _context_full(request)
+        final = None
+        async for output in self._engine.generate(
+            self._prompt(request), params, request_id=f"step-{next(_request_ids)}"
+        ):
+            final = output
+        assert final is not None, "vLLM returned no output"
+        return _step_result(request, final)
+
+    async def generate_batch(self, requests: list[StepRequest]) -> list[StepResult]:
+        """All requests in flight at once: continuous batching does the batching."""
+        if not self.in_process:
+            return list(await asyncio.gather(*(self.generate(r) for r in requests)))
+        # In process: every request joins the engine before its next step (one prefill batch).
+        params = [self._sampling_params(r) for r in requests]
+        live = [i for i, p in enumerate(params) if p is not None]
+        finals = await self._engine.generate_all(
+            [self._prompt(requests[i]) for i in live],
+            [params[i] for i in live],
+            [f"step-{next(_request_ids)}" for _ in live],
+        )
+        results = [_context_full(r) for r in requests]
+        for i, final in zip(live, finals, strict=True):
+            results[i] = _step_result(requests[i], final)
+        return results
+
+    @staticmethod
+    def _prompt(request: StepRequest) -> dict:
+        return {"prompt_token_ids": list(request.prompt_token_ids)}
+
+    def _sampling_params(self, request: StepRequest):
+        """vLLM's sampling parameters for `request`; None when its context leaves no room."""
         from vllm.sampling_params import RequestOutputKind, SamplingParams
 
         room = self.max_model_len - len(request.prompt_token_ids)
-        if room <= 0:  # the context is full: nothing can be generated
-            return StepResult((), "", (), (), "length", len(request.prompt_token_ids), 0)
+        if room <= 0:
+            return None
         scored = min(request.score_tokens, len(request.prompt_token_ids) - 1)
-        params = SamplingParams(
+        return SamplingParams(
             max_tokens=min(request.max_tokens, room),
             prompt_logprobs=0 if scored > 0 else None,
             temperature=request.temperature,
@@ -92,49 +140,6 @@ class VLLMEngine:
             output_kind=RequestOutputKind.FINAL_ONLY,
             flat_logprobs=True,
         )
-        final = None
-        async for output in self._engine.generate(
-            {"prompt_token_ids": list(request.prompt_token_ids)},
-            params,
-            request_id=f"step-{next(_request_ids)}",
-        ):
-            final = output
-        assert final is not None, "vLLM returned no output"
-        completion = final.outputs[0]
-        ids = tuple(completion.token_ids)
-        chosen, top = [], []
-        for token_id, candidates in zip(ids, completion.logprobs or [{}] * len(ids), strict=True):
-            chosen.append(candidates[token_id].logprob if token_id in candidates else float("nan"))
-            ranked = sorted(candidates.values(), key=lambda c: c.rank or 0)
-            top.append(tuple(c.logprob for c in ranked if (c.rank or 0) >= 1)[: request.n_logprobs])
-        if completion.finish_reason == "length":
-            finish = "length"
-        elif completion.stop_reason is None:
-            finish = "eos"  # vLLM reports both eos and stop strings as "stop"
-        else:
-            finish = "stop"
-        prompt_logprobs: tuple[float, ...] = ()
-        if scored > 0:
-            # Entry i holds the logprob of prompt token i given the tokens before it (entry 0 is
-            # None: the first token has no context); the chosen token is always included.
-            tail = zip(
-                request.prompt_token_ids[-scored:], final.prompt_logprobs[-scored:], strict=True
-            )
-            prompt_logprobs = tuple(entry[token_id].logprob for token_id, entry in tail)
-        return StepResult(
-            token_ids=ids,
-            text=completion.text,
-            token_logprobs=tuple(chosen),
-            top_logprobs=tuple(top),
-            finish_reason=finish,
-            prompt_tokens=len(request.prompt_token_ids),
-            cached_prompt_tokens=final.num_cached_tokens or 0,
-            prompt_logprobs=prompt_logprobs,
-        )
-
-    async def generate_batch(self, requests: list[StepRequest]) -> list[StepResult]:
-        """All requests in flight at once: continuous batching does the batching."""
-        return list(await asyncio.gather(*(self.generate(r) for r in requests)))
 
     def unfinished_requests(self) -> int:
         """Requests vLLM is still working on (a cancelled call's request is aborted at once)."""
@@ -154,3 +159,42 @@ class VLLMEngine:
             # Drop the engine now: AsyncLLM.__del__ shuts down again, which fails once the
             # interpreter has started tearing modules down.
             self._engine = None
+
+
+def _context_full(request: StepRequest) -> StepResult:
+    """The context is full: nothing can be generated."""
+    return StepResult((), "", (), (), "length", len(request.prompt_token_ids), 0)
+
+
+def _step_result(request: StepRequest, final) -> StepResult:
+    """`request`'s step from vLLM's final `RequestOutput`."""
+    completion = final.outputs[0]
+    ids = tuple(completion.token_ids)
+    chosen, top = [], []
+    for token_id, candidates in zip(ids, completion.logprobs or [{}] * len(ids), strict=True):
+        chosen.append(candidates[token_id].logprob if token_id in candidates else float("nan"))
+        ranked = sorted(candidates.values(), key=lambda c: c.rank or 0)
+        top.append(tuple(c.logprob for c in ranked if (c.rank or 0) >= 1)[: request.n_logprobs])
+    if completion.finish_reason == "length":
+        finish = "length"
+    elif completion.stop_reason is None:
+        finish = "eos"  # vLLM reports both eos and stop strings as "stop"
+    else:
+        finish = "stop"
+    prompt_logprobs: tuple[float, ...] = ()
+    scored = min(request.score_tokens, len(request.prompt_token_ids) - 1)
+    if scored > 0:
+        # Entry i holds the logprob of prompt token i given the tokens before it (entry 0 is
+        # None: the first token has no context); the chosen token is always included.
+        tail = zip(request.prompt_token_ids[-scored:], final.prompt_logprobs[-scored:], strict=True)
+        prompt_logprobs = tuple(entry[token_id].logprob for token_id, entry in tail)
+    return StepResult(
+        token_ids=ids,
+        text=completion.text,
+        token_logprobs=tuple(chosen),
+        top_logprobs=tuple(top),
+        finish_reason=finish,
+        prompt_tokens=len(request.prompt_token_ids),
+        cached_prompt_tokens=final.num_cached_tokens or 0,
+        prompt_logprobs=prompt_logprobs,
+    )

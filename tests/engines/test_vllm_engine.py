@@ -1,4 +1,5 @@
-"""VLLMEngine on the committed testbed small model (real vLLM, in-process engine core)."""
+"""VLLMEngine on the committed testbed small model (real vLLM; on CPU its engine core runs in
+process, stepped by a thread; one test compares it with AsyncLLM's own process)."""
 
 from __future__ import annotations
 
@@ -21,14 +22,15 @@ def small_engine():
 
     cfg = load_config(REPO / "configs" / "testbed.yaml")
     engine = VLLMEngine(cfg.models[0])
-    # AsyncLLM binds its output loop to the first event loop that uses it: keep one.
+    # vLLM's AsyncLLM binds its output loop to the first event loop that uses it: keep one.
     loop = asyncio.new_event_loop()
     yield engine, cfg, loop.run_until_complete
     engine.shutdown()
-    pending = asyncio.all_tasks(loop)  # vLLM's output handler: cancel it, then close the loop
+    pending = asyncio.all_tasks(loop)  # AsyncLLM's output handler: cancel it, close the loop
     for task in pending:
         task.cancel()
-    loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+    if pending:
+        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
     loop.close()
 
 
@@ -100,3 +102,97 @@ def test_engines_run_eager_on_cpu_unless_the_config_asks_for_compilation() -> No
     assert engine_kwargs(testbed_small)["enforce_eager"] is False  # the testbed asks for it
     unset = testbed_small.model_copy(update={"enforce_eager": None})
     assert engine_kwargs(unset)["enforce_eager"] is True  # this machine has no GPU
+
+
+def test_batch_mixes_full_contexts_and_live_requests(small_engine) -> None:
+    engine, cfg, run = small_engine
+    prompt = _prompt(engine, generate_problems(cfg.dataset)[1].question)
+    full = StepRequest((5,) * engine.max_model_len, max_tokens=8)
+    live = StepRequest(prompt, max_tokens=48, n_logprobs=2)
+    results = run(engine.generate_batch([full, live, full]))
+    assert [r.finish_reason for r in results] == ["length", "stop", "length"]
+    assert results[1] == run(engine.generate(live))  # alone or in a batch: the same step
+
+
+def test_cancelled_call_aborts_its_requests(small_engine) -> None:
+    engine, cfg, run = small_engine
+    prompts = [_prompt(engine, p.question) for p in generate_problems(cfg.dataset)[:6]]
+    # Whole solutions, not steps: long enough to still be running when the call is cancelled.
+    requests = [StepRequest(p, max_tokens=400, stop=()) for p in prompts]
+
+    async def cancel_midway() -> int:
+        call = asyncio.ensure_future(engine.generate_batch(requests))
+        while engine.unfinished_requests() < len(requests):
+            await asyncio.sleep(0.005)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        for _ in range(200):  # the abort takes effect between two engine steps
+            if engine.unfinished_requests() == 0:
+                return 0
+            await asyncio.sleep(0.01)
+        return engine.unfinished_requests()
+
+    assert run(cancel_midway()) == 0
+    again = run(engine.generate(StepRequest(prompts[0], max_tokens=48)))  # still serving
+    assert again.finish_reason == "stop" and again.token_ids
+
+
+def test_the_engine_core_runs_in_process_on_cpu_unless_the_config_asks() -> None:
+    from pipeline.engines.vllm_engine import engine_core_in_process
+
+    small = load_config(REPO / "configs" / "testbed.yaml").models[0]
+    assert small.engine_core is None and engine_core_in_process(small)  # no GPU here
+    assert not engine_core_in_process(small.model_copy(update={"engine_core": "process"}))
+    assert engine_core_in_process(small.model_copy(update={"engine_core": "thread"}))
+
+
+def test_both_engine_cores_write_the_same_steps(small_engine) -> None:
+    """`AsyncLLM` (engine core in its own process) and the in-process core: same tokens and
+    logprobs for the same batch."""
+    from pipeline.engines.vllm_engine import VLLMEngine
+
+    engine, cfg, run = small_engine
+    requests = [
+        StepRequest(_prompt(engine, p.question), max_tokens=48, n_logprobs=3)
+        for p in generate_problems(cfg.dataset)[:12]
+    ]
+    other = VLLMEngine(cfg.models[0].model_copy(update={"engine_core": "process"}))
+    assert not other.in_process and engine.in_process
+    try:
+        theirs = run(other.generate_batch(requests))
+    finally:
+        other.shutdown()
+    ours = run(engine.generate_batch(requests))
+    for a, b in zip(ours, theirs, strict=True):
+        assert a.token_ids == b.token_ids and a.text == b.text
+        assert a.token_logprobs == pytest.approx(b.token_logprobs, abs=1e-5)
+
+
+def test_a_failing_engine_step_fails_its_callers_as_a_dead_engine(testbed_cfg) -> None:
+    """When vLLM raises inside a step, every waiting caller and every later one gets vLLM's
+    `EngineDeadError`, which the engine hosts answer by exiting so Ray or Serve replace them."""
+    from pipeline.engines.hosting import engine_dead
+    from pipeline.engines.vllm_engine import VLLMEngine
+
+    model = testbed_cfg.models[0].model_copy(update={"engine_core": "thread"})
+    engine = VLLMEngine(model)
+    try:
+        prompt = _prompt(engine, generate_problems(testbed_cfg.dataset)[0].question)
+        inner = engine._engine._engine  # vLLM's LLMEngine, stepped by the engine's thread
+
+        def broken_step():
+            raise RuntimeError("simulated engine core failure")
+
+        inner.step = broken_step
+
+        async def call():
+            return await engine.generate_batch([StepRequest(prompt, max_tokens=8)] * 3)
+
+        for _ in range(2):  # the callers of the failing step, then a later caller
+            with pytest.raises(Exception) as failure:
+                asyncio.run(call())
+            assert engine_dead(failure.value)
+        assert engine._engine.errored and engine.unfinished_requests() == 0
+    finally:
+        engine.shutdown()
