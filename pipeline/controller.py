@@ -275,7 +275,7 @@ class Controller:
                 text=step.text,
                 token_ids=tuple(step.token_ids),
                 cost=state.cost - state._step_start_cost,
-                features=tuple(float(x) for x in features),
+                features=tuple(map(float, features)),
                 score=score,
                 draft_text=None if model == self.small or draft is None else draft.text,
                 mean_logprob=_mean(step.token_logprobs),

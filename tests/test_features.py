@@ -102,6 +102,33 @@ def test_draft_text_embedding_is_deterministic_and_in_unit_interval(text, dim) -
     assert all(0.0 <= v <= 1.0 for v in vector)
 
 
+def _embedding_by_definition(text: str, dim: int) -> list[float]:
+    """`text_embedding` as its docstring defines it, written plainly: signed hashes of the
+    character trigrams, L2-normalized, mapped to [0, 1]."""
+    import hashlib
+
+    vector = [0.0] * dim
+    padded = f"  {text} "
+    for i in range(len(padded) - 2):
+        digest = hashlib.blake2b(padded[i : i + 3].encode(), digest_size=8).digest()
+        bucket = int.from_bytes(digest[:4], "little") % dim
+        vector[bucket] += 1.0 if digest[4] & 1 else -1.0
+    norm = math.sqrt(sum(v * v for v in vector)) or 1.0
+    return [(v / norm + 1.0) / 2.0 for v in vector]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    text=st.text(alphabet="0123456789+-*/=.,$ \nThe answers", max_size=300), dim=st.integers(1, 300)
+)
+def test_draft_text_embedding_is_its_definition_to_the_last_bit(text, dim) -> None:
+    """Trained policies read these floats: the fast implementation (cached trigram hashes,
+    numpy) must give exactly the floats of the definition."""
+    from pipeline.features import text_embedding
+
+    assert text_embedding(text, dim) == _embedding_by_definition(text, dim)
+
+
 def test_draft_text_embedding_separates_different_steps() -> None:
     from pipeline.features import text_embedding
 
