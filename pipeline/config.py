@@ -65,6 +65,22 @@ class ResourcesConfig(_Frozen):
     custom_resources: dict[str, float] = Field(
         default_factory=dict, description="Ray custom resources, e.g. {small_llm: 1}."
     )
+    cpu_cores: tuple[int, ...] | None = Field(
+        None,
+        description="CPU cores (Linux ids) that the process hosting the engine runs on, every "
+        "thread of it, vLLM's engine core process too; unset: wherever the OS puts them. Where "
+        "engines share a few cores, giving each its own keeps the draft engine's stepping thread "
+        "from being moved or preempted (benchmarks/RESULTS.md, 'Rollout, pinned engines'). Applies "
+        "to engines in their own process (Ray actors, Serve replicas), on each node; replicas of "
+        "one model on a node share the cores.",
+    )
+
+    @field_validator("cpu_cores")
+    @classmethod
+    def _distinct_cores(cls, cores: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        if cores is not None and (not cores or min(cores) < 0 or len(set(cores)) != len(cores)):
+            raise ValueError(f"cpu_cores must be distinct core ids >= 0, at least one: {cores}")
+        return cores
 
 
 class SamplingConfig(_Frozen):

@@ -183,3 +183,11 @@ def test_direct_ingress_is_one_router_replica_at_the_root(tmp_path: Path) -> Non
         data = _minimal() | {"serve": {"ingress": "direct"} | extra}
         with pytest.raises(ConfigError, match="use ingress: proxy"):
             load_config(_write(tmp_path, data))
+
+
+@pytest.mark.parametrize("cores", [[], [-1], [0, 0]])
+def test_cpu_cores_must_be_distinct_ids(tmp_path: Path, cores: list[int]) -> None:
+    data = _minimal()
+    data["models"][0]["resources"] = {"cpu_cores": cores}
+    with pytest.raises(ConfigError, match=r"models\.0\.resources\.cpu_cores"):
+        load_config(_write(tmp_path, data))

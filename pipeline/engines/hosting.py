@@ -17,7 +17,7 @@ from pipeline.engines.types import StepEngine, StepRequest, StepResult
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EngineHost", "engine_dead"]
+__all__ = ["EngineHost", "engine_dead", "pin_process"]
 
 
 def engine_dead(exc: BaseException) -> bool:
@@ -29,6 +29,27 @@ def engine_dead(exc: BaseException) -> bool:
     return isinstance(exc, EngineDeadError)
 
 
+def pin_process(cores: tuple[int, ...], owner: str) -> None:
+    """Run every thread of this process on `cores` (Linux CPU affinity). Threads and processes
+    it starts later inherit the set from the thread that starts them."""
+    from pipeline.config import ConfigError
+
+    if not hasattr(os, "sched_setaffinity"):
+        raise ConfigError(f"{owner}: resources.cpu_cores needs Linux CPU affinity")
+    allowed = os.sched_getaffinity(0)
+    if not set(cores) <= allowed:
+        raise ConfigError(
+            f"{owner}: resources.cpu_cores {list(cores)} are not all among the cores this "
+            f"process may use on this node, {sorted(allowed)}"
+        )
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setaffinity(int(tid), cores)
+        except ProcessLookupError:  # the thread has ended
+            pass
+    log.info("%s: every thread of process %d runs on cores %s", owner, os.getpid(), list(cores))
+
+
 class EngineHost:
     """Hosts one engine; every method is async so callers' calls overlap inside the host."""
 
@@ -38,6 +59,8 @@ class EngineHost:
 
     def __init__(self, model: ModelConfig) -> None:
         self.model = model
+        if model.resources.cpu_cores:  # before the engine starts its threads and processes
+            pin_process(model.resources.cpu_cores, f"model '{model.name}'")
         self.engine = local_engine(model)
 
     async def generate_batch(self, requests: list[StepRequest]) -> list[StepResult]:
@@ -68,6 +91,9 @@ class EngineHost:
             "max_model_len": self.engine.max_model_len,
             "node_id": ray.get_runtime_context().get_node_id() if ray.is_initialized() else None,
             "pid": os.getpid(),
+            "cpu_cores": sorted(os.sched_getaffinity(0))
+            if hasattr(os, "sched_getaffinity")
+            else None,
             # The processes whose death ends the engine: vLLM's engine core process, or this
             # one when the core runs in process (`ModelConfig.engine_core`).
             "engine_pids": [

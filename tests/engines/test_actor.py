@@ -37,6 +37,16 @@ def test_callers_share_one_named_actor(testbed_engines, testbed_cfg) -> None:
     assert first["pid"] == second["pid"]
 
 
+def test_each_engine_runs_on_its_configured_cores(testbed_engines, testbed_cfg) -> None:
+    """The testbed pins each engine's process to its own core (`resources.cpu_cores`)."""
+    for model in testbed_cfg.models:
+        assert model.resources.cpu_cores, "the testbed config pins its engines"
+        info = ray.get(testbed_engines[model.name].actor.describe.remote())
+        assert info["cpu_cores"] == sorted(model.resources.cpu_cores)
+        for pid in info["engine_pids"]:  # vLLM's engine core process too, when it has one
+            assert os.sched_getaffinity(pid) == set(model.resources.cpu_cores)
+
+
 def test_killed_engine_comes_back_and_the_run_loses_no_problem(
     testbed_engines, testbed_cfg
 ) -> None:
