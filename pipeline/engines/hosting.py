@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 
-from pipeline.config import ModelConfig
+from pipeline.config import ConfigError, ModelConfig
 from pipeline.engines.local import local_engine
 from pipeline.engines.types import StepEngine, StepRequest, StepResult
 
@@ -32,8 +32,6 @@ def engine_dead(exc: BaseException) -> bool:
 def pin_process(cores: tuple[int, ...], owner: str) -> None:
     """Run every thread of this process on `cores` (Linux CPU affinity). Threads and processes
     it starts later inherit the set from the thread that starts them."""
-    from pipeline.config import ConfigError
-
     if not hasattr(os, "sched_setaffinity"):
         raise ConfigError(f"{owner}: resources.cpu_cores needs Linux CPU affinity")
     allowed = os.sched_getaffinity(0)
