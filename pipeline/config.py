@@ -171,6 +171,11 @@ class ModelConfig(_Frozen):
         "instead of two, no serialization between them). Unset: a process on GPU, a thread on "
         "CPU.",
     )
+    log_stats: bool = Field(
+        True,
+        description="vLLM's engine statistics: per-step bookkeeping, and a line in the host's "
+        "log every 10 s (throughput, running and waiting requests, KV-cache use). Off: neither.",
+    )
     api_base: str | None = Field(None, description="OpenAI-compatible base URL (engine: openai).")
     api_key_env: str | None = Field(None, description="Environment variable holding the API key.")
     endpoint: EndpointConfig = Field(default_factory=EndpointConfig)

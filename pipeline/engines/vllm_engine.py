@@ -45,6 +45,7 @@ def engine_kwargs(model: ModelConfig) -> dict:
         # On CPU by default no torch.compile (seconds to start instead of a minute).
         "enforce_eager": _on_cpu() if model.enforce_eager is None else model.enforce_eager,
         "seed": model.sampling.seed or 0,
+        "disable_log_stats": not model.log_stats,
         "use_tqdm_on_load": os.environ.get("TQDM_DISABLE", "") not in ("1", "true", "True"),
         **{key: value for key, value in optional.items() if value is not None},
     }

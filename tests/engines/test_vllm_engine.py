@@ -104,6 +104,19 @@ def test_engines_run_eager_on_cpu_unless_the_config_asks_for_compilation() -> No
     assert engine_kwargs(unset)["enforce_eager"] is True  # this machine has no GPU
 
 
+def test_engine_statistics_follow_the_config(small_engine) -> None:
+    """`log_stats: false` (the testbed's) reaches vLLM: no per-step statistics, no stat loggers;
+    the default keeps vLLM's."""
+    from pipeline.engines.vllm_engine import engine_kwargs
+
+    engine, cfg, _ = small_engine
+    assert cfg.models[0].log_stats is False
+    core = engine._engine._engine  # the in-process engine's vLLM LLMEngine
+    assert core.log_stats is False and core.logger_manager is None
+    default = cfg.models[0].model_copy(update={"log_stats": True})
+    assert engine_kwargs(default)["disable_log_stats"] is False
+
+
 def test_batch_mixes_full_contexts_and_live_requests(small_engine) -> None:
     engine, cfg, run = small_engine
     prompt = _prompt(engine, generate_problems(cfg.dataset)[1].question)
