@@ -35,11 +35,12 @@ from pipeline.cost import Charge, ProcessedTokens, available_cost_models, call_c
 from pipeline.data import Problem
 from pipeline.engines.types import StepEngine, StepRequest, StepResult
 from pipeline.features import (
+    NUM_FEATURES,
     Observation,
     TrajectoryStats,
-    draft_stats,
+    draft_stats_batch,
     feature_vector,
-    text_embedding,
+    text_embeddings,
 )
 from pipeline.grading import extract_answer, grade
 from pipeline.prompts import chat_context, load_tokenizers, prompt_token_ids, speaks_chat
@@ -220,11 +221,11 @@ class Controller:
         max_step_tokens = self.by_name[self.small].sampling.max_step_tokens
         routing = self.cfg.routing
         prompt_scale = routing.prompt_length_scale or routing.max_total_tokens
-        rows = []
-        drafted = [
-            draft_stats(d.token_logprobs, d.top_logprobs, d.text, max_step_tokens) for d in drafts
-        ]
-        for state, draft, stats in zip(states, drafts, drafted, strict=True):
+        drafted = draft_stats_batch(drafts, max_step_tokens)
+        dim = self.cfg.routing.draft_embedding_dim
+        features = np.empty((len(drafts), NUM_FEATURES + dim), dtype=np.float32)
+        features[:, NUM_FEATURES:] = text_embeddings([d.text for d in drafts], dim)
+        for row, state, stats in zip(features, states, drafted, strict=True):
             trajectory = TrajectoryStats(
                 step_index=len(state.steps),
                 max_steps=self.cfg.routing.max_steps,
@@ -236,12 +237,9 @@ class Controller:
                 prompt_tokens=state.prompt_lengths[self.small],
                 prompt_scale=prompt_scale,
             )
-            rows.append(
-                feature_vector(stats, trajectory)
-                + text_embedding(draft.text, self.cfg.routing.draft_embedding_dim)
-            )
+            row[:NUM_FEATURES] = feature_vector(stats, trajectory)
         return Observation(
-            features=np.asarray(rows, dtype=np.float32).reshape(len(rows), -1),
+            features=features,
             problem_ids=tuple(s.problem.id for s in states),
             step_indices=tuple(len(s.steps) for s in states),
             first_token_entropy=np.asarray([d.first_token_entropy for d in drafted]),

@@ -30,8 +30,11 @@ __all__ = [
     "TrajectoryStats",
     "arithmetic_error",
     "draft_stats",
+    "draft_stats_batch",
     "feature_vector",
     "text_embedding",
+    "text_embeddings",
+    "top_k_entropies",
     "top_k_entropy",
 ]
 
@@ -96,15 +99,46 @@ class Observation:
 
 def top_k_entropy(top_logprobs: Sequence[float]) -> float:
     """Entropy of the top-k distribution renormalized, divided by log(k): 0 = sure, 1 = flat."""
-    finite = [lp for lp in top_logprobs if math.isfinite(lp)]
-    if len(finite) < 2:
-        return 0.0
-    peak = max(finite)
-    weights = [math.exp(lp - peak) for lp in finite]
-    total = sum(weights)
-    probs = [w / total for w in weights]
-    entropy = -sum(p * math.log(p) for p in probs if p > 0)
-    return min(1.0, entropy / math.log(len(finite)))  # a flat top-k rounds to 1 + 2e-16
+    return float(top_k_entropies([top_logprobs])[0])
+
+
+def top_k_entropies(rows: Sequence[Sequence[float]]) -> np.ndarray:
+    """`top_k_entropy` of every row at once (rows may differ in length): one numpy pass over all
+    of a batch's tokens instead of a Python loop per token (the env computes it for every draft
+    token). Non-finite entries do not count; a row with fewer than 2 finite ones is 0."""
+    if not rows:
+        return np.zeros(0)
+    widths = {len(row) for row in rows}
+    if len(widths) == 1 and 0 not in widths:  # the common case: every token has k candidates
+        logprobs = np.array(rows, dtype=np.float64)
+    else:
+        logprobs = np.full((len(rows), max(1, *widths)), -np.inf)
+        for i, row in enumerate(rows):
+            logprobs[i, : len(row)] = row
+    finite = np.isfinite(logprobs)  # NaN and -inf alike
+    counts = finite.sum(axis=1)
+    logprobs[~finite] = -np.inf
+    peak = np.where(counts > 0, logprobs.max(axis=1), 0.0)[:, None]
+    weights = np.exp(logprobs - peak)  # -inf -> 0
+    with np.errstate(invalid="ignore", divide="ignore"):  # rows with no finite entry: 0 / 0
+        probs = weights / _row_sums(weights)[:, None]
+    positive = probs > 0  # False for NaN
+    logs = np.log(np.where(positive, probs, 1.0))
+    entropy = -_row_sums(np.where(positive, probs * logs, 0.0))
+    result = np.zeros(len(rows))
+    spread = counts >= 2
+    # A flat top-k rounds to 1 + 2e-16: clipped.
+    result[spread] = np.minimum(1.0, entropy[spread] / np.log(counts[spread]))
+    return result
+
+
+def _row_sums(values: np.ndarray) -> np.ndarray:
+    """Each row's sum, left to right: the same float whatever the padding (numpy's own sum
+    regroups the terms of rows longer than 8), so a row's entropy does not depend on its batch."""
+    total = values[:, 0].copy()
+    for column in values.T[1:]:
+        total += column
+    return total
 
 
 LOGPROB_FEATURES = (
@@ -184,26 +218,62 @@ def arithmetic_error(text: str) -> float:
     return 0.0
 
 
+FINAL_ANSWER_MARKERS = ("The answer is", "\\boxed")
+
+
 def draft_stats(
     token_logprobs: Sequence[float],
     top_logprobs: Sequence[Sequence[float]],
     text: str,
     max_step_tokens: int,
-    final_answer_markers: Sequence[str] = ("The answer is", "\\boxed"),
+    final_answer_markers: Sequence[str] = FINAL_ANSWER_MARKERS,
 ) -> DraftStats:
+    return _draft_stats(
+        token_logprobs, top_k_entropies(top_logprobs), text, max_step_tokens, final_answer_markers
+    )
+
+
+def draft_stats_batch(
+    drafts: Sequence,
+    max_step_tokens: int,
+    final_answer_markers: Sequence[str] = FINAL_ANSWER_MARKERS,
+) -> list[DraftStats]:
+    """`draft_stats` of each draft (anything with `token_logprobs`, `top_logprobs` and `text`,
+    e.g. a `StepResult`), the top-k entropies of all their tokens in one numpy pass."""
+    entropies = top_k_entropies([top for d in drafts for top in d.top_logprobs])
+    ends = np.cumsum([len(d.top_logprobs) for d in drafts])
+    return [
+        _draft_stats(
+            d.token_logprobs,
+            entropies[end - len(d.top_logprobs) : end],
+            d.text,
+            max_step_tokens,
+            final_answer_markers,
+        )
+        for d, end in zip(drafts, ends, strict=True)
+    ]
+
+
+def _draft_stats(
+    token_logprobs: Sequence[float],
+    entropies: np.ndarray,
+    text: str,
+    max_step_tokens: int,
+    final_answer_markers: Sequence[str],
+) -> DraftStats:
+    """The draft's statistics, given the top-k entropy of each of its tokens."""
     logprobs = [lp for lp in token_logprobs if math.isfinite(lp)]
     calculator = arithmetic_error(text)
     # GlimpRouter's signal: how unsure the model is as it starts the step.
-    first_entropy = top_k_entropy(top_logprobs[0]) if top_logprobs else 0.0
+    first_entropy = float(entropies[0]) if len(entropies) else 0.0
     if not logprobs:
         has_answer = float(any(m in text for m in final_answer_markers))
         return DraftStats(1.0, 1.0, 1.0, 0.0, 0.0, has_answer, first_entropy, calculator)
-    entropies = [top_k_entropy(top) for top in top_logprobs] or [0.0]
     return DraftStats(
         mean_prob=math.exp(sum(logprobs) / len(logprobs)),
         min_prob=math.exp(min(logprobs)),
         last_prob=math.exp(logprobs[-1]),
-        mean_entropy=sum(entropies) / len(entropies),
+        mean_entropy=sum(entropies.tolist()) / len(entropies) if len(entropies) else 0.0,
         length=min(1.0, len(token_logprobs) / max(1, max_step_tokens)),
         has_final_answer=float(any(m in text for m in final_answer_markers)),
         first_token_entropy=first_entropy,
@@ -238,19 +308,26 @@ def text_embedding(text: str, dim: int) -> list[float]:
     `routing.draft_embedding_dim` > 0: signed hashing of character trigrams, L2-normalized, then
     mapped to [0, 1] by (x + 1) / 2. Needs no model download; the same text always gives the
     same vector."""
+    return text_embeddings([text], dim)[0].tolist()
+
+
+def text_embeddings(texts: Sequence[str], dim: int) -> np.ndarray:
+    """`text_embedding` of each text, as the rows of a (len(texts), dim) array."""
+    vectors = np.zeros((len(texts), max(0, dim)))
     if dim <= 0:
-        return []
-    vector = [0.0] * dim
-    padded = f"  {text} "
-    for i in range(len(padded) - 2):
-        bucket, sign = _trigram_slot(padded[i : i + 3], dim)
-        vector[bucket] += sign
-    # The entries are whole numbers, so the sum of squares is exact in any order: numpy gives
-    # the same floats as a Python loop, in a fraction of the time (the env computes this for
-    # every draft).
-    counts = np.asarray(vector)
-    norm = math.sqrt(float(counts @ counts)) or 1.0
-    return ((counts / norm + 1.0) / 2.0).tolist()
+        return vectors
+    for row, text in zip(vectors, texts, strict=True):
+        counts = [0.0] * dim
+        padded = f"  {text} "
+        for i in range(len(padded) - 2):
+            bucket, sign = _trigram_slot(padded[i : i + 3], dim)
+            counts[bucket] += sign
+        row[:] = counts
+    # The entries are whole numbers, so the sums of squares are exact in any order: numpy gives
+    # the same floats as a Python loop, in a fraction of the time.
+    norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors))
+    norms[norms == 0] = 1.0
+    return (vectors / norms[:, None] + 1.0) / 2.0
 
 
 @functools.lru_cache(maxsize=1 << 16)

@@ -6,13 +6,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pipeline.engines.types import StepResult
 from pipeline.features import (
     FEATURE_NAMES,
     NUM_FEATURES,
     TrajectoryStats,
     arithmetic_error,
     draft_stats,
+    draft_stats_batch,
     feature_vector,
+    text_embedding,
+    text_embeddings,
+    top_k_entropies,
     top_k_entropy,
 )
 
@@ -79,6 +84,48 @@ def test_top_k_entropy_is_0_when_sure_1_when_flat_and_in_between(top, k, level) 
     assert top_k_entropy([level] * k) == pytest.approx(1.0)  # uniform top-k
 
 
+def _entropy_by_definition(top: list[float]) -> float:
+    """`top_k_entropy` as its docstring defines it, written plainly (the reference)."""
+    finite = [lp for lp in top if math.isfinite(lp)]
+    if len(finite) < 2:
+        return 0.0
+    weights = [math.exp(lp - max(finite)) for lp in finite]
+    probs = [w / sum(weights) for w in weights]
+    return min(1.0, -sum(p * math.log(p) for p in probs if p > 0) / math.log(len(finite)))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    rows=st.lists(
+        st.lists(st.one_of(logprob, st.just(-math.inf), st.just(math.nan), st.just(-900.0))),
+        max_size=12,
+    )
+)
+def test_top_k_entropies_of_ragged_rows_match_the_definition(rows) -> None:
+    entropies = top_k_entropies(rows)
+    assert entropies.shape == (len(rows),)
+    for row, value in zip(rows, entropies, strict=True):
+        assert value == pytest.approx(_entropy_by_definition(row), abs=1e-12)
+        assert value == top_k_entropy(row)
+
+
+def test_a_batch_of_drafts_has_each_drafts_own_stats() -> None:
+    def draft(text: str, top: list[list[float]]) -> StepResult:
+        chosen = tuple(row[0] if row else -0.5 for row in top)
+        return StepResult((), text, chosen, tuple(map(tuple, top)), "stop", 3, 0)
+
+    drafts = [
+        draft("1+1=2", [[-0.01, -5.0], [-0.7, -0.7, -3.0], [-0.1]]),
+        draft("", []),
+        draft("The answer is 4.", [[-2.0, -2.1, -math.inf, -2.2, -9.0]]),
+        draft("2*3=7", [[-0.3, -1.4], [-0.2, math.nan]]),
+    ]
+    batch = draft_stats_batch(drafts, 32)
+    assert batch == [draft_stats(d.token_logprobs, d.top_logprobs, d.text, 32) for d in drafts]
+    texts = [d.text for d in drafts]
+    assert text_embeddings(texts, 16).tolist() == [text_embedding(t, 16) for t in texts]
+
+
 def test_first_token_entropy_is_the_first_tokens_top_k_entropy() -> None:
     top = [[-0.01, -5.0], [-0.7, -0.7], [-0.1, -2.5]]
     draft = draft_stats([-0.01, -0.7, -0.1], top, "1+1=2", 32)
@@ -95,7 +142,6 @@ def test_final_answer_flag() -> None:
 @settings(max_examples=100, deadline=None)
 @given(text=st.text(max_size=60), dim=st.integers(1, 64))
 def test_draft_text_embedding_is_deterministic_and_in_unit_interval(text, dim) -> None:
-    from pipeline.features import text_embedding
 
     vector = text_embedding(text, dim)
     assert len(vector) == dim and vector == text_embedding(text, dim)
@@ -124,13 +170,11 @@ def _embedding_by_definition(text: str, dim: int) -> list[float]:
 def test_draft_text_embedding_is_its_definition_to_the_last_bit(text, dim) -> None:
     """Trained policies read these floats: the fast implementation (cached trigram hashes,
     numpy) must give exactly the floats of the definition."""
-    from pipeline.features import text_embedding
 
     assert text_embedding(text, dim) == _embedding_by_definition(text, dim)
 
 
 def test_draft_text_embedding_separates_different_steps() -> None:
-    from pipeline.features import text_embedding
 
     assert text_embedding("47+38=85\n\n", 16) != text_embedding("The answer is 12.", 16)
     assert text_embedding("anything", 0) == []
