@@ -222,7 +222,7 @@ class Controller:
         routing = self.cfg.routing
         prompt_scale = routing.prompt_length_scale or routing.max_total_tokens
         drafted = draft_stats_batch(drafts, max_step_tokens)
-        dim = self.cfg.routing.draft_embedding_dim
+        dim = routing.draft_embedding_dim
         features = np.empty((len(drafts), NUM_FEATURES + dim), dtype=np.float32)
         features[:, NUM_FEATURES:] = text_embeddings([d.text for d in drafts], dim)
         for row, state, stats in zip(features, states, drafted, strict=True):

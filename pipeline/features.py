@@ -240,17 +240,13 @@ def draft_stats_batch(
 ) -> list[DraftStats]:
     """`draft_stats` of each draft (anything with `token_logprobs`, `top_logprobs` and `text`,
     e.g. a `StepResult`), the top-k entropies of all their tokens in one numpy pass."""
+    if not drafts:
+        return []
     entropies = top_k_entropies([top for d in drafts for top in d.top_logprobs])
-    ends = np.cumsum([len(d.top_logprobs) for d in drafts])
+    per_draft = np.split(entropies, np.cumsum([len(d.top_logprobs) for d in drafts])[:-1])
     return [
-        _draft_stats(
-            d.token_logprobs,
-            entropies[end - len(d.top_logprobs) : end],
-            d.text,
-            max_step_tokens,
-            final_answer_markers,
-        )
-        for d, end in zip(drafts, ends, strict=True)
+        _draft_stats(d.token_logprobs, e, d.text, max_step_tokens, final_answer_markers)
+        for d, e in zip(drafts, per_draft, strict=True)
     ]
 
 

@@ -122,6 +122,7 @@ def test_a_batch_of_drafts_has_each_drafts_own_stats() -> None:
     ]
     batch = draft_stats_batch(drafts, 32)
     assert batch == [draft_stats(d.token_logprobs, d.top_logprobs, d.text, 32) for d in drafts]
+    assert draft_stats_batch([], 32) == []
     texts = [d.text for d in drafts]
     assert text_embeddings(texts, 16).tolist() == [text_embedding(t, 16) for t in texts]
 
@@ -142,7 +143,6 @@ def test_final_answer_flag() -> None:
 @settings(max_examples=100, deadline=None)
 @given(text=st.text(max_size=60), dim=st.integers(1, 64))
 def test_draft_text_embedding_is_deterministic_and_in_unit_interval(text, dim) -> None:
-
     vector = text_embedding(text, dim)
     assert len(vector) == dim and vector == text_embedding(text, dim)
     assert all(0.0 <= v <= 1.0 for v in vector)
@@ -170,12 +170,10 @@ def _embedding_by_definition(text: str, dim: int) -> list[float]:
 def test_draft_text_embedding_is_its_definition_to_the_last_bit(text, dim) -> None:
     """Trained policies read these floats: the fast implementation (cached trigram hashes,
     numpy) must give exactly the floats of the definition."""
-
     assert text_embedding(text, dim) == _embedding_by_definition(text, dim)
 
 
 def test_draft_text_embedding_separates_different_steps() -> None:
-
     assert text_embedding("47+38=85\n\n", 16) != text_embedding("The answer is 12.", 16)
     assert text_embedding("anything", 0) == []
 
