@@ -5,8 +5,8 @@ from `StepRoutingEnv`, updates the module, and `LagrangianCallback` reads the fi
 accuracy, normalized cost and escalation rate from the envs; with `training.dual_ascent` it
 moves λ toward the budget (λ ← max(0, λ + dual_lr · (cost − budget))) and hands it to every env.
 Everything is logged to MLflow; checkpoints every `training.checkpoint_every` iterations
-(`--resume` continues from the last one); the trained `RouterPolicy` is exported to
-`<output_dir>/policy` and logged as an MLflow artifact.
+(`--resume` continues from the last one; a fresh start removes an earlier run's); the trained
+`RouterPolicy` is exported to `<output_dir>/policy` and logged as an MLflow artifact.
 
 Before the first iteration, with `training.warm_start_problems`, `warm_start` labels the drafts
 of that many training problems by Monte-Carlo rollouts and fits the policy to them (its inputs
@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -275,6 +276,21 @@ def _last_checkpoint(folder: Path) -> Path | None:
     return checkpoints[-1] if checkpoints else None
 
 
+def _clear_checkpoints(folder: Path) -> None:
+    """A fresh start removes an earlier run's checkpoints: they are named by iteration, so a
+    later `--resume` of this run would otherwise continue the earlier run's highest one."""
+    stale = sorted(folder.glob("iter_*"))
+    if stale:
+        log.warning(
+            "starting fresh: removing %d checkpoint(s) of an earlier run under %s "
+            "(--resume continues a run instead)",
+            len(stale),
+            folder,
+        )
+    for path in stale:
+        shutil.rmtree(path)
+
+
 def _build_algorithm(
     cfg: ExperimentConfig, out: Path, last: Path | None, env_extra: dict | None
 ) -> tuple[Algorithm, int, dict[str, float]]:
@@ -353,6 +369,8 @@ def train(
     last = _last_checkpoint(checkpoints) if resume else None
     if resume and last is None:
         log.warning("--resume: no checkpoint under %s; starting fresh", checkpoints)
+    if last is None:
+        _clear_checkpoints(checkpoints)
     algo, start_iteration, warm_metrics = _build_algorithm(cfg, out, last, env_extra)
     total = cfg.training.iterations if iterations is None else iterations
 

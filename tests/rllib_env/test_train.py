@@ -64,6 +64,11 @@ def test_training_resumes_from_the_last_checkpoint_after_a_crash(
         if iteration == 2:
             raise Crash
 
+    # An earlier, longer run left its checkpoints here: a fresh start removes them, so the
+    # resume below continues this run, not that run's highest iteration.
+    stale = tmp_path / "train" / "checkpoints" / "iter_00009"
+    stale.mkdir(parents=True)
+    (stale / "steproute.json").write_text('{"iteration": 9, "cost_weight": 0.5}')
     with pytest.raises(Crash):
         train(tiny_training_cfg, on_iteration=crash_after_first, track=False)
     checkpoints = sorted((tmp_path / "train" / "checkpoints").glob("iter_*"))
