@@ -12,6 +12,16 @@ core in process"); `VLLMEngine` uses this class on CPU by default (`ModelConfig.
 
 Every call into vLLM happens on the stepping thread: callers on any event loop enqueue work and
 await a future that the thread settles.
+
+Several engines in one process (`start_engines(use_ray=False)`: `steproute evaluate --no-ray`,
+`steproute testbed report` and `train-prm`) take turns: vLLM keeps the running forward pass's
+context in a module global (`vllm.forward_context`), so two engines stepping at once read each
+other's attention metadata (a `KeyError` or an unset context at best, the other batch's slot
+mapping at worst). `_VLLM_TURN` lets one engine at a time into vLLM; with one engine a process
+(a Ray actor, a Serve replica) nobody waits on it. vLLM's shutdown of an engine (also run when
+one is garbage-collected) tears down process-wide state that every engine uses (its parallel
+groups), so an engine that shuts down while others of the process still run only stops stepping;
+its vLLM engine is kept, and shut down with the last one.
 """
 
 from __future__ import annotations
@@ -25,6 +35,12 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 __all__ = ["InProcessLLM"]
+
+# Held by whichever in-process engine of this process is inside vLLM (start-up, a step, adding or
+# aborting requests): see the module's docstring.
+_VLLM_TURN = threading.Lock()
+_LIVE: set[InProcessLLM] = set()  # this process's engines not shut down yet (under _VLLM_TURN)
+_RETIRED: list[Any] = []  # vLLM engines of those shut down before the last one (under _VLLM_TURN)
 
 
 def _settle(future: asyncio.Future, result: Any = None, error: BaseException | None = None) -> None:
@@ -43,7 +59,9 @@ class InProcessLLM:
         from vllm import EngineArgs
         from vllm.v1.engine.llm_engine import LLMEngine
 
-        self._engine = LLMEngine.from_engine_args(EngineArgs(**engine_args))
+        with _VLLM_TURN:  # start-up runs forward passes too (profiling, compilation, warm-up)
+            self._engine = LLMEngine.from_engine_args(EngineArgs(**engine_args))
+            _LIVE.add(self)
         self.model_config = self._engine.model_config
         self.errored = False  # the engine raised: every later call fails (see `engine_dead`)
         self._wake = threading.Condition()
@@ -110,7 +128,13 @@ class InProcessLLM:
             self._closed = True
             self._wake.notify()
         self._thread.join(timeout=30)
-        self._engine.engine_core.shutdown()
+        with _VLLM_TURN:  # see the module's docstring
+            _LIVE.discard(self)
+            _RETIRED.append(self._engine)
+            if not _LIVE:
+                for engine in _RETIRED:
+                    engine.engine_core.shutdown()
+                _RETIRED.clear()
 
     # ---- the stepping thread ---------------------------------------------------------------
 
@@ -157,17 +181,18 @@ class InProcessLLM:
                     self._wake.wait()
                 work, self._inbox = self._inbox, []
                 closed = self._closed
-            for item in work:  # after a failure or a shutdown, requests fail at once
-                item()
-            if closed:
-                break
-            if not self._busy():
-                continue
-            try:
-                outputs = self._engine.step()
-            except Exception as exc:
-                self._fail(exc)
-                continue
+            with _VLLM_TURN:
+                for item in work:  # after a failure or a shutdown, requests fail at once
+                    item()
+                if closed:
+                    break
+                if not self._busy():
+                    continue
+                try:
+                    outputs = self._engine.step()
+                except Exception as exc:
+                    self._fail(exc)
+                    continue
             for output in outputs:
                 if output.finished and (waiting := self._waiting.pop(output.request_id, None)):
                     self._reply(*waiting, output)

@@ -182,6 +182,39 @@ def test_both_engine_cores_write_the_same_steps(small_engine) -> None:
         assert a.token_logprobs == pytest.approx(b.token_logprobs, abs=1e-5)
 
 
+def test_two_engines_in_one_process_each_write_their_own_steps_at_once(small_engine) -> None:
+    """`start_engines(use_ray=False)` puts a ladder's engines in one process (`evaluate
+    --no-ray`, `testbed report`, `train-prm`). vLLM keeps the running forward pass's context in a
+    module global: engines stepping at the same time failed ("Forward context is not set", or a
+    KeyError for a layer of the large model that the small one lacks). Both working at once, each
+    engine writes the steps it writes alone."""
+    from pipeline.engines.vllm_engine import VLLMEngine
+
+    engine, cfg, run = small_engine
+    large = VLLMEngine(cfg.models[-1])
+    assert large.in_process and engine.in_process
+    requests = [
+        StepRequest(_prompt(engine, p.question), max_tokens=48, n_logprobs=2)
+        for p in generate_problems(cfg.dataset)[:48]
+    ]
+
+    def tokens(results) -> list[tuple[int, ...]]:
+        return [r.token_ids for r in results]
+
+    async def at_once():
+        return await asyncio.gather(engine.generate_batch(requests), large.generate_batch(requests))
+
+    try:
+        alone = [tokens(run(e.generate_batch(requests))) for e in (engine, large)]
+        assert alone[0] != alone[1]  # two different models: a mix-up would show
+        for _ in range(3):
+            assert [tokens(results) for results in run(at_once())] == alone
+    finally:
+        large.shutdown()
+    # vLLM's shutdown of one engine tore down state the other still uses (its parallel groups).
+    assert tokens(run(engine.generate_batch(requests))) == alone[0]
+
+
 def test_a_failing_engine_step_fails_its_callers_as_a_dead_engine(testbed_cfg) -> None:
     """When vLLM raises inside a step, every waiting caller and every later one gets vLLM's
     `EngineDeadError`, which the engine hosts answer by exiting so Ray or Serve replace them."""
