@@ -13,7 +13,7 @@ core in process"); `VLLMEngine` uses this class on CPU by default (`ModelConfig.
 Every call into vLLM happens on the stepping thread: callers on any event loop enqueue work and
 await a future that the thread settles.
 
-Several engines in one process (`start_engines(use_ray=False)`: `steproute evaluate --no-ray`,
+Several engines in one process (`start_engines(use_ray=False)`: `steproute evaluate --local`,
 `steproute testbed report` and `train-prm`) take turns: vLLM keeps the running forward pass's
 context in a module global (`vllm.forward_context`), so two engines stepping at once read each
 other's attention metadata (a `KeyError` or an unset context at best, the other batch's slot

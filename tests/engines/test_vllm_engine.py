@@ -184,7 +184,7 @@ def test_both_engine_cores_write_the_same_steps(small_engine) -> None:
 
 def test_two_engines_in_one_process_each_write_their_own_steps_at_once(small_engine) -> None:
     """`start_engines(use_ray=False)` puts a ladder's engines in one process (`evaluate
-    --no-ray`, `testbed report`, `train-prm`). vLLM keeps the running forward pass's context in a
+    --local`, `testbed report`, `train-prm`). vLLM keeps the running forward pass's context in a
     module global: engines stepping at the same time failed ("Forward context is not set", or a
     KeyError for a layer of the large model that the small one lacks). Both working at once, each
     engine writes the steps it writes alone."""
