@@ -144,7 +144,11 @@ def run_pipeline(
         "baselines": lambda: evaluate(
             cfg, rules=baseline_rules, output_dir=out / "baselines", progress=progress
         ),
-        "train": lambda: train(cfg, on_iteration=on_iteration),
+        # An interrupted training of this config (a resubmitted job) continues from its last
+        # checkpoint; another config's checkpoints, or --force, start training over.
+        "train": lambda: train(
+            cfg, resume=not force, run_tag=stage_hash(cfg, "train"), on_iteration=on_iteration
+        ),
         "calibrate": lambda: _calibrate(cfg),
         "evaluate": lambda: evaluate(cfg, progress=progress),
     }

@@ -336,16 +336,21 @@ def _iteration_metrics(result: dict, seconds: float) -> dict[str, float]:
 
 
 def _save_checkpoint(
-    cfg: ExperimentConfig, algo: Algorithm, checkpoints: Path, iteration: int
+    cfg: ExperimentConfig, algo: Algorithm, checkpoints: Path, iteration: int, run_tag: str | None
 ) -> None:
     """RLlib's checkpoint plus `steproute.json` with the iteration and λ, which RLlib doesn't
-    keep (λ lives in the env config) and `--resume` restores."""
+    keep (λ lives in the env config) and `--resume` restores, and the run's tag."""
     path = (checkpoints / f"iter_{iteration:05d}").resolve()  # RLlib wants a URI
     algo.save_to_path(str(path))
     cost_weight = algo.config.env_config["cost_weight"]
     (path / "steproute.json").write_text(
-        json.dumps({"iteration": iteration, "cost_weight": cost_weight})
+        json.dumps({"iteration": iteration, "cost_weight": cost_weight, "tag": run_tag})
     )
+
+
+def _checkpoint_tag(checkpoint: Path) -> str | None:
+    state = checkpoint / "steproute.json"
+    return json.loads(state.read_text()).get("tag") if state.exists() else None
 
 
 def train(
@@ -357,8 +362,12 @@ def train(
     env_extra: dict | None = None,
     on_iteration: Callable[[int, dict], None] | None = None,
     track: bool = True,
+    run_tag: str | None = None,
 ) -> Path:
-    """Train, checkpoint, export; returns the exported policy folder."""
+    """Train, checkpoint, export; returns the exported policy folder. `run_tag` is kept with
+    every checkpoint; with one, `resume` continues only checkpoints of the same tag and starts
+    fresh otherwise (`steproute pipeline` tags its runs with the train stage's config hash, so
+    a resubmitted job continues its interrupted training and a changed config starts over)."""
     import ray
 
     out = Path(output_dir or cfg.output_dir)
@@ -367,7 +376,10 @@ def train(
     if not ray.is_initialized():
         ray.init()
     last = _last_checkpoint(checkpoints) if resume else None
-    if resume and last is None:
+    if last is not None and run_tag is not None and _checkpoint_tag(last) != run_tag:
+        log.info("the checkpoints under %s are another run's: starting fresh", checkpoints)
+        last = None
+    elif resume and last is None and run_tag is None:
         log.warning("--resume: no checkpoint under %s; starting fresh", checkpoints)
     if last is None:
         _clear_checkpoints(checkpoints)
@@ -396,7 +408,7 @@ def train(
             if on_iteration is not None:
                 on_iteration(iteration, metrics)
             if iteration % cfg.training.checkpoint_every == 0 or iteration == total:
-                _save_checkpoint(cfg, algo, checkpoints, iteration)
+                _save_checkpoint(cfg, algo, checkpoints, iteration, run_tag)
         # ---- export: the module's policy, standalone (no RLlib needed to load it)
         policy_dir = algo.get_module(MODULE_ID).policy.save(out / "policy")
         if track:

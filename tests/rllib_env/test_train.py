@@ -64,8 +64,8 @@ def test_training_resumes_from_the_last_checkpoint_after_a_crash(
         if iteration == 2:
             raise Crash
 
-    # An earlier, longer run left its checkpoints here: a fresh start removes them, so the
-    # resume below continues this run, not that run's highest iteration.
+    # An earlier, longer run left its checkpoints here: a fresh start removes them, so a
+    # later `--resume` continues this run, not that run's highest iteration.
     stale = tmp_path / "train" / "checkpoints" / "iter_00009"
     stale.mkdir(parents=True)
     (stale / "steproute.json").write_text('{"iteration": 9, "cost_weight": 0.5}')
@@ -74,9 +74,31 @@ def test_training_resumes_from_the_last_checkpoint_after_a_crash(
     checkpoints = sorted((tmp_path / "train" / "checkpoints").glob("iter_*"))
     assert [c.name for c in checkpoints] == ["iter_00001"]  # iteration 2 died before saving
 
+    # A tagged run (`steproute pipeline` tags with its config hash) resumes only its own tag's
+    # checkpoints: the untagged run's are another run's, so it starts over and crashes again.
     seen: list[int] = []
+
+    def crash_again(iteration: int, metrics: dict) -> None:
+        seen.append(iteration)
+        crash_after_first(iteration, metrics)
+
+    with pytest.raises(Crash):
+        train(
+            tiny_training_cfg,
+            resume=True,
+            run_tag="config-b",
+            on_iteration=crash_again,
+            track=False,
+        )
+    assert seen == [1, 2]
+
+    seen.clear()
     policy_dir = train(
-        tiny_training_cfg, resume=True, on_iteration=lambda i, m: seen.append(i), track=True
+        tiny_training_cfg,
+        resume=True,
+        run_tag="config-b",
+        on_iteration=lambda i, m: seen.append(i),
+        track=True,
     )
     assert seen == [2, 3]
     assert (policy_dir / "policy.json").exists()
