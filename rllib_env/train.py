@@ -272,7 +272,9 @@ def _rounded(values: list[float]) -> list[float]:
 
 
 def _last_checkpoint(folder: Path) -> Path | None:
-    checkpoints = sorted(folder.glob("iter_*"))
+    """The last complete checkpoint: `steproute.json` is written after RLlib's state, so a run
+    killed while saving leaves a folder without it, which is skipped."""
+    checkpoints = sorted(c for c in folder.glob("iter_*") if (c / "steproute.json").exists())
     return checkpoints[-1] if checkpoints else None
 
 

@@ -92,6 +92,8 @@ def test_training_resumes_from_the_last_checkpoint_after_a_crash(
         )
     assert seen == [1, 2]
 
+    # A run killed while saving iteration 2 left RLlib's state without `steproute.json`.
+    (tmp_path / "train" / "checkpoints" / "iter_00002").mkdir()
     seen.clear()
     policy_dir = train(
         tiny_training_cfg,
