@@ -351,8 +351,8 @@ def _save_checkpoint(
 
 
 def _checkpoint_tag(checkpoint: Path) -> str | None:
-    state = checkpoint / "steproute.json"
-    return json.loads(state.read_text()).get("tag") if state.exists() else None
+    """The tag of a complete checkpoint (`_last_checkpoint` returns no other)."""
+    return json.loads((checkpoint / "steproute.json").read_text()).get("tag")
 
 
 def train(
