@@ -1,6 +1,6 @@
 """Rollout throughput of the multi-agent env (`StepRoutingEnv`), in routing steps per second.
 
-For 1, 8, 32 and 64 problems in flight the env works through 2x as many problems (as in
+For 1, 8, 32, 64 and 128 problems in flight the env works through 2x as many problems (as in
 training), and the same steps are generated four more ways:
 
     ceiling  the raw engines, all of one model's requests of that run in a single batch: no env,
@@ -22,7 +22,8 @@ prefix caches. A level runs `--repeats` rounds, each the four arms one after ano
 the fastest round's (interference only ever slows an arm down); a ratio is the median of the
 rounds' own ratios, with their range: on a shared 2-core machine the speed drifts by 1.5x within
 an hour, and arms measured seconds apart share the drift that arms measured minutes apart do not.
-Goal at 64 in flight: env >= 0.8x the ceiling and >= 10x the floor.
+Goal at 64 in flight: env >= 0.8x the ceiling and >= 10x the floor. 128 in flight shows what
+the next lever, more problems in flight (`training.concurrency`), buys.
 
     python -m benchmarks.rollout --config configs/testbed.yaml [--quick] [--record] [--repeats 3]
 """
@@ -285,7 +286,7 @@ def main(argv=None) -> None:
     )
     cfg = args.cfg
     repeats = 1 if args.quick else max(1, args.repeats)
-    in_flight_levels = [1, 4] if args.quick else [1, 8, 32, 64]
+    in_flight_levels = [1, 4] if args.quick else [1, 8, 32, 64, 128]
     floor_problems = 4 if args.quick else 16
     started = time.perf_counter()
     engines = start_uncached_engines(cfg)
