@@ -338,7 +338,7 @@ def _iteration_metrics(result: dict, seconds: float) -> dict[str, float]:
 
 
 def _save_checkpoint(
-    cfg: ExperimentConfig, algo: Algorithm, checkpoints: Path, iteration: int, run_tag: str | None
+    algo: Algorithm, checkpoints: Path, iteration: int, run_tag: str | None
 ) -> None:
     """RLlib's checkpoint plus `steproute.json` with the iteration and λ, which RLlib doesn't
     keep (λ lives in the env config) and `--resume` restores, and the run's tag."""
@@ -410,7 +410,7 @@ def train(
             if on_iteration is not None:
                 on_iteration(iteration, metrics)
             if iteration % cfg.training.checkpoint_every == 0 or iteration == total:
-                _save_checkpoint(cfg, algo, checkpoints, iteration, run_tag)
+                _save_checkpoint(algo, checkpoints, iteration, run_tag)
         # ---- export: the module's policy, standalone (no RLlib needed to load it)
         policy_dir = algo.get_module(MODULE_ID).policy.save(out / "policy")
         if track:
