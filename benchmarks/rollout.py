@@ -1,7 +1,8 @@
 """Rollout throughput of the multi-agent env (`StepRoutingEnv`), in routing steps per second.
 
-For 1, 8, 32, 64 and 128 problems in flight the env works through 2x as many problems (as in
-training), and the same steps are generated four more ways:
+For 1, 8, 32, 64 and 128 problems in flight the env works through `training.problems_per_slot`
+times as many problems (as in training: 8x in the testbed config), and the same steps are
+generated four more ways:
 
     ceiling  the raw engines, all of one model's requests of that run in a single batch: no env,
              no controller, no step waiting for the one before it; the faster of the two
@@ -295,7 +296,7 @@ def main(argv=None) -> None:
     floor = measure_floor(cfg, engines, floor_problems, rule, repeats)
     levels = []
     for in_flight in in_flight_levels:
-        problems = max(2 * in_flight, floor_problems)
+        problems = max(cfg.training.problems_per_slot * in_flight, floor_problems)
         levels.append(measure_level(cfg, engines, rule, in_flight, problems, repeats))
         print(f"{in_flight} in flight: {levels[-1].ratio('env')} the ceiling", flush=True)
     table = throughput_table(cfg, levels, floor)

@@ -446,6 +446,14 @@ class TrainingConfig(_Frozen):
         description="Ray custom resources per env runner, e.g. {env_runner: 1} (cluster nodes).",
     )
     concurrency: int = Field(32, ge=1, description="Problems in flight per env.")
+    problems_per_slot: int = Field(
+        8,
+        ge=1,
+        description="An env episode works through `problems_per_slot` x `concurrency` problems. "
+        "Every episode ends in a drain, its last problems drafted in ever narrower engine "
+        "batches; longer episodes drain less often (benchmarks/RESULTS.md, 'Rollout, longer "
+        "episodes').",
+    )
     sample_timeout_s: float = Field(600.0, gt=0)
     checkpoint_every: int = Field(5, ge=1)
     seed: int = 0

@@ -1,8 +1,9 @@
 """`StepRoutingEnv`: the routing decision as an RLlib multi-agent environment.
 
-Each agent is one problem in flight. An env episode works through `episode_problems` problems,
-`concurrency` at a time, longest question first: a problem whose solution ends leaves
-(terminated), and the next one joins in the same `step`. Every `step`:
+Each agent is one problem in flight. An env episode works through `episode_problems` problems
+(`training.problems_per_slot` x `concurrency` unless given), `concurrency` at a time, longest
+question first: a problem whose solution ends leaves (terminated), and the next one joins in the
+same `step`. Every `step`:
 
     1. the waiting agents' actions arrive: 0 keeps the draft, k > 0 lets model k write the step;
     2. kept drafts are appended at once (`controller.advance`); finished problems leave with
@@ -67,7 +68,9 @@ class StepRoutingEnv(MultiAgentEnv):
             self.cfg = load_config(config.get("config_path", "configs/testbed.yaml"))
         training = self.cfg.training
         self.concurrency = int(config.get("concurrency", training.concurrency))
-        self.episode_problems = int(config.get("episode_problems", 2 * self.concurrency))
+        self.episode_problems = int(
+            config.get("episode_problems", training.problems_per_slot * self.concurrency)
+        )
         self.cost_weight = float(config.get("cost_weight", training.cost_weight))
         self.problems = load_split(self.cfg.dataset, config.get("split", "train"))
         if not self.problems:

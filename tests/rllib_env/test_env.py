@@ -78,6 +78,24 @@ def test_the_longest_questions_start_first(env) -> None:
     assert order == sorted(order, reverse=True), order
 
 
+def test_an_episode_works_through_problems_per_slot_times_concurrency(
+    testbed_cfg, testbed_engines
+) -> None:
+    """Without an explicit `episode_problems`, the config's `problems_per_slot` sets how many
+    problems an episode works through, `concurrency` at a time."""
+    training = testbed_cfg.training.model_copy(update={"problems_per_slot": 3})
+    cfg = testbed_cfg.model_copy(update={"training": training})
+    env = StepRoutingEnv(env_config(cfg, engines=testbed_engines, concurrency=2, seed=5))
+    assert env.episode_problems == 6
+    obs, _ = env.reset()
+    while True:
+        assert len(obs) <= 2
+        obs, _, terminated, *_ = env.step(dict.fromkeys(obs, 0))
+        if terminated["__all__"]:
+            break
+    assert len(env.pop_stats()) == 6
+
+
 def test_rewards_are_cost_penalties_plus_terminal_correctness(env) -> None:
     env.set_cost_weight(0.7)
     env.pop_stats()
