@@ -62,17 +62,23 @@ def test_env_contract_holds_over_long_random_runs(env) -> None:
         assert max(len(obs) for _, obs, _, _ in log) <= env.concurrency
 
 
+def _keeping_every_draft(env):
+    """One episode in which every draft is kept: yields each observation before it is acted on."""
+    obs, _ = env.reset()
+    while True:
+        yield obs
+        obs, _, terminated, *_ = env.step(dict.fromkeys(obs, 0))
+        if terminated["__all__"]:
+            return
+
+
 def test_the_longest_questions_start_first(env) -> None:
     """Problems join in order of question length, longest first, so that the episode's last
     rounds are not left to a few long problems and small engine batches."""
     lengths = {p.id: len(p.question) for p in env.problems}
-    obs, _ = env.reset()
     joined: list[str] = []  # problem ids in the order they first act
-    while True:
+    for _ in _keeping_every_draft(env):
         joined += [p for p, _ in env.deciding().values() if p not in joined]
-        obs, _, terminated, *_ = env.step(dict.fromkeys(obs, 0))  # keep every draft
-        if terminated["__all__"]:
-            break
     assert len(joined) == env.episode_problems
     order = [lengths[problem] for problem in joined]
     assert order == sorted(order, reverse=True), order
@@ -87,12 +93,8 @@ def test_an_episode_works_through_problems_per_slot_times_concurrency(
     cfg = testbed_cfg.model_copy(update={"training": training})
     env = StepRoutingEnv(env_config(cfg, engines=testbed_engines, concurrency=2, seed=5))
     assert env.episode_problems == 6
-    obs, _ = env.reset()
-    while True:
+    for obs in _keeping_every_draft(env):
         assert len(obs) <= 2
-        obs, _, terminated, *_ = env.step(dict.fromkeys(obs, 0))
-        if terminated["__all__"]:
-            break
     assert len(env.pop_stats()) == 6
 
 
