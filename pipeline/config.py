@@ -11,6 +11,7 @@ against the current working directory: run commands from the repository root.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from pathlib import Path
@@ -459,6 +460,42 @@ class TrainingConfig(_Frozen):
     seed: int = 0
 
 
+_RANGE_KEYS = {"from", "to", "step"}
+
+
+def _escalation_fractions(value: Any, field: str) -> tuple[float, ...]:
+    """Shares of first-pass drafts that escalate (`evaluation.escalation_targets`,
+    `calibration.grid_targets`), sorted, each once. Items are numbers or inclusive ranges
+    `{from, to, step}`: a fine κ grid reads as one line, not hundreds of numbers."""
+    if isinstance(value, (int, float, str, dict)) or value is None:
+        value = [value]
+    shares: set[float] = set()
+    for item in value:
+        if isinstance(item, dict):
+            if set(item) != _RANGE_KEYS:
+                raise ValueError(
+                    f"{field}: a range is written {{from: A, to: B, step: S}} (got keys "
+                    f"{sorted(item)})"
+                )
+            start, stop, step = (float(item[k]) for k in ("from", "to", "step"))
+            if step <= 0 or stop < start:
+                raise ValueError(f"{field}: range {item} needs step > 0 and from <= to")
+            count = math.floor((stop - start) / step + 1e-9) + 1
+            if count > 10_000:
+                raise ValueError(f"{field}: range {item} holds {count} points (at most 10,000)")
+            shares.update(round(start + i * step, 10) for i in range(count))
+        elif isinstance(item, (int, float)) and not isinstance(item, bool):
+            shares.add(float(item))
+        else:
+            raise ValueError(f"{field}: {item!r} is neither a share nor a {{from, to, step}} range")
+    outside = sorted(v for v in shares if not 0 < v < 1)
+    if outside:
+        raise ValueError(f"{field}: shares must lie strictly between 0 and 1 (got {outside})")
+    if not shares:
+        raise ValueError(f"{field}: give at least one share")
+    return tuple(sorted(shares))
+
+
 class CalibrationConfig(_Frozen):
     budgets: tuple[float, ...] = (0.2, 0.3, 0.5, 0.7)
     method: Literal["quantile", "ltt"] = "quantile"
@@ -468,9 +505,15 @@ class CalibrationConfig(_Frozen):
     )
     grid_targets: tuple[float, ...] = Field(
         (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.85),
-        description="κ grid: where these fractions of the policy's first-pass drafts escalate.",
+        description="κ grid: where these fractions of the policy's first-pass drafts escalate. "
+        "Numbers, or ranges written {from: 0.0025, to: 0.45, step: 0.0025}.",
     )
     limit: int | None = Field(None, ge=1, description="Use only the first N calibration problems.")
+
+    @field_validator("grid_targets", mode="before")
+    @classmethod
+    def _grid(cls, value: Any) -> tuple[float, ...]:
+        return _escalation_fractions(value, "calibration.grid_targets")
 
     @field_validator("budgets")
     @classmethod
@@ -516,12 +559,10 @@ class EvaluationConfig(_Frozen):
         None, description="Step cache folder; default <output_dir>/step_cache."
     )
 
-    @field_validator("escalation_targets")
+    @field_validator("escalation_targets", mode="before")
     @classmethod
-    def _fractions(cls, value: tuple[float, ...]) -> tuple[float, ...]:
-        if any(not 0 < v < 1 for v in value):
-            raise ValueError(f"escalation targets must lie strictly between 0 and 1 (got {value})")
-        return tuple(sorted(value))
+    def _fractions(cls, value: Any) -> tuple[float, ...]:
+        return _escalation_fractions(value, "evaluation.escalation_targets")
 
 
 class AuthConfig(_Frozen):

@@ -191,3 +191,35 @@ def test_cpu_cores_must_be_distinct_ids(tmp_path: Path, cores: list[int]) -> Non
     data["models"][0]["resources"] = {"cpu_cores": cores}
     with pytest.raises(ConfigError, match=r"models\.0\.resources\.cpu_cores"):
         load_config(_write(tmp_path, data))
+
+
+def test_a_kappa_grid_reads_ranges_beside_numbers(tmp_path: Path) -> None:
+    data = _minimal()
+    data["calibration"] = {"grid_targets": [0.9, {"from": 0.1, "to": 0.3, "step": 0.05}, 0.2, 0.05]}
+    data["evaluation"] = {"escalation_targets": [{"from": 0.25, "to": 0.75, "step": 0.25}]}
+    cfg = load_config(_write(tmp_path, data))
+    # Sorted, each share once, the range's end included.
+    assert cfg.calibration.grid_targets == (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.9)
+    assert cfg.evaluation.escalation_targets == (0.25, 0.5, 0.75)
+
+
+@pytest.mark.parametrize(
+    ("targets", "message"),
+    [
+        ([0.0, 0.5], "strictly between 0 and 1"),
+        ([{"from": 0.5, "to": 1.0, "step": 0.25}], "strictly between 0 and 1"),
+        ([{"from": 0.5, "to": 0.2, "step": 0.1}], "from <= to"),
+        ([{"from": 0.1, "to": 0.2, "step": 0}], "step > 0"),
+        ([{"from": 0.1, "to": 0.2}], "{from: A, to: B, step: S}"),
+        (["0.5"], "neither a share nor"),
+        ([], "at least one share"),
+    ],
+)
+def test_a_bad_kappa_grid_is_refused_with_the_reason(
+    tmp_path: Path, targets: list, message: str
+) -> None:
+    data = _minimal()
+    data["calibration"] = {"grid_targets": targets}
+    with pytest.raises(ConfigError, match="calibration.grid_targets") as err:
+        load_config(_write(tmp_path, data))
+    assert message in str(err.value)
