@@ -39,6 +39,7 @@ from scipy import stats
 
 __all__ = [
     "GridPoint",
+    "ROWS_FILE",
     "OperatingPoint",
     "bernstein_upper_bound",
     "betting_certifies",
@@ -68,6 +69,10 @@ class GridPoint:
 
 
 TARGETS = ("budget", "accuracy_x_large", "accuracy")
+
+# The κ grid's per-problem rows, saved beside the operating points chosen from them
+# (`pipeline.calibration_run.save_calibration_rows`).
+ROWS_FILE = "calibration_rows.parquet"
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from pipeline.calibration import OperatingPoint, choose_points, save_operating_points
+from pipeline.calibration import ROWS_FILE, OperatingPoint, choose_points, save_operating_points
 from pipeline.controller import Controller
 from pipeline.data import load_split
 from pipeline.engines.cache import StepCache
@@ -85,9 +85,6 @@ def calibrate_rule(cfg, rule: str, engines: dict | None = None) -> list[Operatin
     save_operating_points(chosen, folder)
     save_calibration_rows(rows, folder)
     return chosen
-
-
-ROWS_FILE = "calibration_rows.parquet"
 
 
 def save_calibration_rows(rows, folder: str | Path) -> Path:

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from pipeline import metrics
 from pipeline.calibration import OperatingPoint, save_operating_points
+from pipeline.calibration_run import save_calibration_rows
 from pipeline.cli import app
 from pipeline.config import parse_config
 from pipeline.evaluation import evaluate, seed_spread
@@ -39,6 +40,18 @@ def small_eval_cfg(testbed_cfg, tmp_path_factory):
     policy_dir = RouterPolicy.hand_set().save(out / "policy")
     point = OperatingPoint("budget-0.5", 0.05, "ltt", 0.4, (0.3, 0.5), 0.7, (0.6, 0.8), 100)
     save_operating_points([point], policy_dir)
+    # The grid's rows beside it, as `steproute calibrate` saves them: here only the two
+    # baselines, on four calibration problems (small-only right on 1, large-only on 3).
+    baselines = pd.DataFrame(
+        {
+            "rule": ["small_only"] * 4 + ["large_only"] * 4,
+            "threshold": math.nan,
+            "problem_id": [f"c{i}" for i in range(4)] * 2,
+            "correct": [True, False, False, False, True, True, True, False],
+            "cost": 1.0,
+        }
+    )
+    save_calibration_rows(baselines, policy_dir)
     return parse_config(raw)
 
 
@@ -152,6 +165,12 @@ def test_policy_curve_includes_the_calibrated_points_checked_on_this_split(two_r
     here = points[(points.rule == "policy") & (points.threshold == 0.05)].cost_normalized.iloc[0]
     row = next(line for line in report.splitlines() if line.startswith("| budget-0.5 | ltt"))
     assert row.endswith(f"| {0.5 - here:.3f} |")  # what the point left of its budget here
+    # The splits compared, from the calibration rows beside the points and this run's baselines.
+    accuracy = points.drop_duplicates("rule").set_index("rule").accuracy
+    assert (
+        f"small_only 0.250 on the 4 calibration problems and {accuracy['small_only']:.3f} here; "
+        f"large_only 0.750 on the 4 calibration problems and {accuracy['large_only']:.3f} here"
+    ) in report
 
 
 def test_every_rule_gets_its_shortfall_against_the_confidence_rule(two_runs) -> None:

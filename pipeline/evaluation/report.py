@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.calibration import load_operating_points
+from pipeline.calibration import ROWS_FILE, load_operating_points
 from pipeline.config import CALIBRATED_RULES, ExperimentConfig
 from pipeline.evaluation.plots import write_plots
 from pipeline.evaluation.running import EvaluationResult, points_folder, policy_folder
@@ -225,7 +225,36 @@ def _calibrated_section(
                 f"{p.expected_accuracy:.3f} | {cost:.3f} | {acc:.3f} | {'yes' if met else 'NO'} "
                 f"| {format_metric(below)} |"
             )
+        lines += _splits_compared(Path(folder), result.points)
     return lines
+
+
+def _splits_compared(folder: Path, points: pd.DataFrame) -> list[str]:
+    """Small-only and large-only accuracy on the calibration split (from the grid's rows saved
+    beside the points) and here: a point's cost moves with the problems' difficulty, since a rule
+    escalates more where the small model fails more often."""
+    path = folder / ROWS_FILE
+    if not path.exists():
+        return []
+    rows = pd.read_parquet(path, columns=["rule", "problem_id", "correct"])
+    here = points.drop_duplicates("rule").set_index("rule")
+    compared = []
+    for rule in ("small_only", "large_only"):
+        there = rows[rows.rule == rule]
+        if there.empty or rule not in here.index:
+            continue
+        compared.append(
+            f"{rule} {there.correct.mean():.3f} on the {there.problem_id.nunique():,} "
+            f"calibration problems and {here.loc[rule, 'accuracy']:.3f} here"
+        )
+    if not compared:
+        return []
+    return [
+        "",
+        "The two splits, by accuracy: "
+        + "; ".join(compared)
+        + ". Where the small model fails more often, the same κ escalates more and costs more.",
+    ]
 
 
 def _billed_note(cfg: ExperimentConfig) -> str:
