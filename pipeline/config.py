@@ -467,7 +467,7 @@ def _escalation_fractions(value: Any, field: str) -> tuple[float, ...]:
     """Shares of first-pass drafts that escalate (`evaluation.escalation_targets`,
     `calibration.grid_targets`), sorted, each once. Items are numbers or inclusive ranges
     `{from, to, step}`: a fine κ grid reads as one line, not hundreds of numbers."""
-    if isinstance(value, (int, float, str, dict)) or value is None:
+    if not isinstance(value, (list, tuple)):
         value = [value]
     shares: set[float] = set()
     for item in value:

@@ -199,6 +199,8 @@ def _calibrated_section(
         for rule in result.summary.rule.astype(str)
         if rule in CALIBRATED_RULES and rule != "policy"
     }
+    # Small-only and large-only accuracy on this split, beside each folder's calibration rows.
+    accuracy_here = result.points.drop_duplicates("rule").set_index("rule").accuracy
     lines: list[str] = []
     for name, folder in folders.items():
         calibrated = load_operating_points(folder)
@@ -225,27 +227,26 @@ def _calibrated_section(
                 f"{p.expected_accuracy:.3f} | {cost:.3f} | {acc:.3f} | {'yes' if met else 'NO'} "
                 f"| {format_metric(below)} |"
             )
-        lines += _splits_compared(Path(folder), result.points)
+        lines += _splits_compared(Path(folder), accuracy_here)
     return lines
 
 
-def _splits_compared(folder: Path, points: pd.DataFrame) -> list[str]:
+def _splits_compared(folder: Path, accuracy_here: pd.Series) -> list[str]:
     """Small-only and large-only accuracy on the calibration split (from the grid's rows saved
-    beside the points) and here: a point's cost moves with the problems' difficulty, since a rule
-    escalates more where the small model fails more often."""
+    beside the points) and here (`accuracy_here`, by rule): a point's cost moves with the
+    problems' difficulty, since a rule escalates more where the small model fails more often."""
     path = folder / ROWS_FILE
     if not path.exists():
         return []
     rows = pd.read_parquet(path, columns=["rule", "problem_id", "correct"])
-    here = points.drop_duplicates("rule").set_index("rule")
     compared = []
     for rule in ("small_only", "large_only"):
         there = rows[rows.rule == rule]
-        if there.empty or rule not in here.index:
+        if there.empty or rule not in accuracy_here.index:
             continue
         compared.append(
             f"{rule} {there.correct.mean():.3f} on the {there.problem_id.nunique():,} "
-            f"calibration problems and {here.loc[rule, 'accuracy']:.3f} here"
+            f"calibration problems and {accuracy_here[rule]:.3f} here"
         )
     if not compared:
         return []
