@@ -51,10 +51,10 @@ class EvaluationResult:
     policies: dict[str, Path] = field(default_factory=dict)  # label → folder, one per seed
 
 
-def _rows(label: str, threshold: float, states: list[ReasoningState], controller) -> list[dict]:
-    rows = []
-    for state in states:
-        trace = [
+def _trace(state: ReasoningState) -> str:
+    """The routing trace of one problem, step by step, as JSON."""
+    return json.dumps(
+        [
             {
                 "model": step.model,
                 "text": step.text,
@@ -64,32 +64,39 @@ def _rows(label: str, threshold: float, states: list[ReasoningState], controller
             }
             for step in state.steps
         ]
-        rows.append(
-            {
-                "rule": label,
-                "threshold": threshold,
-                "problem_id": state.problem.id,
-                "correct": controller.is_correct(state),
-                "cost": state.cost,
-                # what scoring with the process reward model cost (in `cost`; 0 for other rules)
-                "prm_cost": state.cost_by_model.get(controller.cfg.prm.name, 0.0)
-                if controller.cfg.prm
-                else 0.0,
-                **{f"cost_{name}": value for name, value in sorted(state.costs.items())},
-                "steps": len(state.steps),
-                # kept drafts that came back without logprobs (a server that returns none):
-                # their confidence features were neutral
-                "drafts_without_logprobs": sum(
-                    s.model == controller.small and bool(s.token_ids) and math.isnan(s.mean_logprob)
-                    for s in state.steps
-                ),
-                "escalations": state.escalations,
-                "escalated_steps": [i for i, s in enumerate(state.steps) if s.escalated],
-                "stop_reason": state.stop_reason,
-                "final_answer": state.final_answer,
-                "trace": json.dumps(trace),
-            }
-        )
+    )
+
+
+def _rows(
+    label: str, threshold: float, states: list[ReasoningState], controller, traces: bool = True
+) -> list[dict]:
+    prm = controller.cfg.prm.name if controller.cfg.prm else None
+    rows = []
+    for state in states:
+        row = {
+            "rule": label,
+            "threshold": threshold,
+            "problem_id": state.problem.id,
+            "correct": controller.is_correct(state),
+            "cost": state.cost,
+            # what scoring with the process reward model cost (in `cost`; 0 for other rules)
+            "prm_cost": state.cost_by_model.get(prm, 0.0) if prm else 0.0,
+            **{f"cost_{name}": value for name, value in sorted(state.costs.items())},
+            "steps": len(state.steps),
+            # kept drafts that came back without logprobs (a server that returns none):
+            # their confidence features were neutral
+            "drafts_without_logprobs": sum(
+                s.model == controller.small and bool(s.token_ids) and math.isnan(s.mean_logprob)
+                for s in state.steps
+            ),
+            "escalations": state.escalations,
+            "escalated_steps": [i for i, s in enumerate(state.steps) if s.escalated],
+            "stop_reason": state.stop_reason,
+            "final_answer": state.final_answer,
+        }
+        if traces:
+            row["trace"] = _trace(state)
+        rows.append(row)
     return rows
 
 
@@ -109,11 +116,13 @@ async def evaluate_with(
     rules: list[str],
     progress: Callable[[str, int, int], None] | None = None,
     policies: dict[str, Path] | None = None,
+    traces: bool = True,
 ) -> tuple[pd.DataFrame, dict[str, str]]:
     """Run every rule (thresholded ones at every operating point) over `problems`.
 
     `policies` (label → policy folder, e.g. one per training seed) runs the `policy` rule once
-    per folder, its rows labelled with the label instead of `policy`."""
+    per folder, its rows labelled with the label instead of `policy`. `traces=False` leaves out
+    each row's step-by-step trace (calibration's grid of hundreds of κ keeps none)."""
     ev = cfg.evaluation
     rows: list[dict] = []
     skipped: dict[str, str] = {}
@@ -133,10 +142,10 @@ async def evaluate_with(
 
     async def sweep(rule: RoutingRule, label: str, points_dir: Path | None = None) -> None:
         if not isinstance(rule, ThresholdRule):
-            rows.extend(_rows(label, math.nan, await run(rule, label), controller))
+            rows.extend(_rows(label, math.nan, await run(rule, label), controller, traces))
             return
         probe = await run(rule.with_threshold(NEVER), label)
-        rows.extend(_rows(label, NEVER, probe, controller))
+        rows.extend(_rows(label, NEVER, probe, controller, traces))
         if rule.thresholds:  # a rule with operating points of its own (the oracle)
             thresholds = set(rule.thresholds) | {0.0}
         else:
@@ -148,14 +157,15 @@ async def evaluate_with(
         # overlap the others' work, and the small and the large engine work at the same time.
         gate = asyncio.Semaphore(ev.points_in_flight)
 
-        async def point(threshold: float) -> list[ReasoningState]:
+        async def point(threshold: float) -> list[dict]:
+            # Rows as soon as a point ends: its states (every step of every problem) are freed
+            # then, not held until the last of hundreds of points ends.
             async with gate:
-                return await run(rule.with_threshold(threshold), label)
+                states = await run(rule.with_threshold(threshold), label)
+            return _rows(label, threshold, states, controller, traces)
 
-        for threshold, states in zip(
-            ordered, await asyncio.gather(*(point(t) for t in ordered)), strict=True
-        ):
-            rows.extend(_rows(label, threshold, states, controller))
+        for point_rows in await asyncio.gather(*(point(t) for t in ordered)):
+            rows.extend(point_rows)
 
     policy_dir = policy_folder(cfg)
     for name in dict.fromkeys(["small_only", "large_only", *rules]):
