@@ -24,6 +24,12 @@ problem's cost under the router and under large-only rise together with its leng
 difference spreads less than the cost alone and the same δ certifies a κ nearer the budget; the
 guarantee is then about the population ratio, not about the calibration split's own large-only
 mean taken as exact.
+
+A cost needs no label, so budgets can be tested on more problems than accuracy targets: a
+budget pool (`calibration.budget_pool`, problems from the same distribution whose answers are
+not read) joins the calibration split in every budget test. The betting test's margin shrinks
+about as 1/√n, so a certified κ lands nearer its budget; accuracy is still measured on the
+labelled split alone.
 """
 
 from __future__ import annotations
@@ -62,7 +68,9 @@ class GridPoint:
 
     kappa: float
     cost: np.ndarray  # normalized cost per problem
-    correct: np.ndarray  # 0/1 per problem
+    # 0/1 per labelled problem: the calibration split's, in order. Problems of a budget pool
+    # (`calibration.budget_pool`) come after them in `cost` and have no entry here.
+    correct: np.ndarray
     # Large-only's normalized cost on the same problems, in the same order (its mean is 1 on the
     # calibration split); None: budgets are tested on `cost` alone, against a fixed large-only mean.
     large_cost: np.ndarray | None = None
@@ -101,9 +109,13 @@ class OperatingPoint:
     target: str | None = None  # one of TARGETS; None: read from the name
     target_value: float | None = None
     rule: str = "policy"  # the thresholded rule κ belongs to (`routing.rule`), e.g. prm_threshold
-    # Mean large-only cost per problem on the calibration split, in the cost model's units: what
-    # `expected_cost` and a served answer's normalized cost are fractions of.
+    # Mean large-only cost per problem on the calibration problems (with a budget pool's), in the
+    # cost model's units: what `expected_cost` and a served answer's normalized cost are
+    # fractions of.
     large_only_cost: float | None = None
+    # How many of `problems` had labels (accuracy is measured on those); the rest came from a
+    # budget pool and count for cost only. None: all of them.
+    labelled: int | None = None
 
     def __post_init__(self) -> None:
         if self.target is None:
@@ -254,6 +266,7 @@ def _point(
         expected_accuracy=float(np.mean(g.correct)),
         accuracy_interval=_accuracy_interval(g.correct, delta),
         problems=len(g.cost),
+        labelled=len(g.correct) if len(g.correct) < len(g.cost) else None,
     )
 
 
@@ -363,10 +376,15 @@ def load_operating_points(folder: str | Path) -> list[OperatingPoint]:
 
 def choose_points(cfg, rows, rule: str = "policy") -> list[OperatingPoint]:
     """One operating point of `rule` per budget and per accuracy target, from `rule_grid` rows
-    (the rule at every κ of its grid, beside small-only and large-only)."""
+    (the rule at every κ of its grid, beside small-only and large-only). Rows whose `labelled`
+    is False (a budget pool's) count for cost only: budgets are tested on every problem,
+    accuracy on the labelled ones."""
     cal = cfg.calibration
+    if "labelled" not in rows.columns:
+        rows = rows.assign(labelled=True)
+    rows = rows.sort_values("labelled", ascending=False, kind="stable")  # labelled first
     large = rows[rows.rule == "large_only"]
-    large_cost, large_accuracy = float(large.cost.mean()), float(large.correct.mean())
+    large_cost, large_accuracy = _cost_and_accuracy(large)
     large_by_problem = large.set_index("problem_id").cost / large_cost
     unmatched = set(rows[rows.rule == rule].problem_id) - set(large_by_problem.index)
     if unmatched:
@@ -379,7 +397,7 @@ def choose_points(cfg, rows, rule: str = "policy") -> list[OperatingPoint]:
         GridPoint(
             float(kappa),
             group.cost.to_numpy() / large_cost,
-            group.correct.to_numpy(float),
+            group.correct[group.labelled].to_numpy(float),
             large_by_problem.loc[group.problem_id].to_numpy(),
         )
         for kappa, group in rows[rows.rule == rule].groupby("threshold")
@@ -391,10 +409,15 @@ def choose_points(cfg, rows, rule: str = "policy") -> list[OperatingPoint]:
         calibrate_accuracy(grid, t * large_accuracy, cal.method, cal.delta, of_large=t)
         for t in cal.accuracy_targets
     ]
-    small = rows[rows.rule == "small_only"]
-    small_point = (float(small.cost.mean()) / large_cost, float(small.correct.mean()))
+    small_cost, small_accuracy = _cost_and_accuracy(rows[rows.rule == "small_only"])
+    small_point = (small_cost / large_cost, small_accuracy)
     chosen = [replace(p, rule=rule, large_only_cost=large_cost) for p in points if p is not None]
     return mark_knee(chosen, small_point, (1.0, large_accuracy))
+
+
+def _cost_and_accuracy(rows) -> tuple[float, float]:
+    """Mean cost over every problem, accuracy over the labelled ones."""
+    return float(rows.cost.mean()), float(rows.correct[rows.labelled].mean())
 
 
 def chord_gain(

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pipeline.calibration import ROWS_FILE, OperatingPoint, choose_points, save_operating_points
 from pipeline.controller import Controller
-from pipeline.data import load_split
+from pipeline.data import load_budget_pool, load_split
 from pipeline.engines.cache import StepCache
 from pipeline.engines.launch import engine_pool
 from pipeline.evaluation import evaluate_with
@@ -32,8 +32,9 @@ __all__ = [
 
 def rule_grid(cfg, rule: str, policy_dir: str | Path | None = None, engines: dict | None = None):
     """Run `rule` over the κ grid (`calibration.grid_targets`: where those fractions of its
-    first-pass drafts escalate) on the calibration split, with the small-only and large-only
-    baselines; returns the per-problem rows (evaluation format). `policy_dir`: the policy's
+    first-pass drafts escalate) on the calibration split, and on the budget pool if one is
+    configured, with the small-only and large-only baselines; returns the per-problem rows
+    (evaluation format, plus `labelled`: False for a pool problem). `policy_dir`: the policy's
     folder, for rule `policy`."""
     cal = cfg.calibration
     evaluation = {"escalation_targets": cal.grid_targets}
@@ -41,15 +42,21 @@ def rule_grid(cfg, rule: str, policy_dir: str | Path | None = None, engines: dic
         evaluation["policy"] = str(policy_dir)
     run_cfg = cfg.model_copy(update={"evaluation": cfg.evaluation.model_copy(update=evaluation)})
     problems = load_split(cfg.dataset, "calibration")[: cal.limit]
+    pool = load_budget_pool(cal.budget_pool, cfg.dataset)[: cal.limit] if cal.budget_pool else []
     cache = StepCache(cfg.step_cache_dir)
 
     async def main():
         use_ray = cfg.evaluation.use_ray
         models = cfg.models_for([rule])
         async with engine_pool(models, use_ray=use_ray, cache=cache, engines=engines) as live:
-            rows, skipped = await evaluate_with(run_cfg, Controller(cfg, live), problems, [rule])
+            controller = Controller(cfg, live)
+            rows, skipped = await evaluate_with(
+                run_cfg, controller, problems + pool, [rule], traces=False
+            )
             if rule in skipped:
                 raise ValueError(f"cannot calibrate '{rule}': {skipped[rule]}")
+            # The pool's rows count for cost only (`pipeline.calibration.choose_points`).
+            rows["labelled"] = ~rows.problem_id.isin({p.id for p in pool})
             return rows
 
     return asyncio.run(main())
@@ -92,6 +99,6 @@ def save_calibration_rows(rows, folder: str | Path) -> Path:
     `choose_points(cfg, pandas.read_parquet(path), rule)` chooses them again."""
     path = Path(folder) / ROWS_FILE
     keep = ["rule", "threshold", "problem_id", "correct", "cost"]
-    keep += [c for c in rows.columns if c.startswith("cost_")]
+    keep += [c for c in rows.columns if c.startswith("cost_") or c == "labelled"]
     rows[keep].to_parquet(path, index=False)
     return path

@@ -508,7 +508,19 @@ class CalibrationConfig(_Frozen):
         description="κ grid: where these fractions of the policy's first-pass drafts escalate. "
         "Numbers, or ranges written {from: 0.0025, to: 0.45, step: 0.0025}.",
     )
-    limit: int | None = Field(None, ge=1, description="Use only the first N calibration problems.")
+    limit: int | None = Field(
+        None,
+        ge=1,
+        description="Use only the first N calibration problems (and of the budget pool's).",
+    )
+    budget_pool: DatasetConfig | None = Field(
+        None,
+        description="More problems for the budget tests only: a cost needs no label, so a "
+        "budget is certified on the calibration split and these together (accuracy targets on "
+        "the split alone). Every problem of this source is used (`limit` keeps a subset), "
+        "minus any whose question a split of `dataset` holds; their answers are not read. They "
+        "must come from the test problems' distribution, as the calibration split does.",
+    )
 
     @field_validator("grid_targets", mode="before")
     @classmethod
@@ -720,6 +732,30 @@ class ExperimentConfig(_Frozen):
             raise ValueError(
                 "evaluation.rules: 'oracle' grades each draft with the testbed's step grader and "
                 f"runs on the testbed only (dataset.name is '{self.dataset.name}'); remove it"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _budget_pool_is_a_testbed_draw_like_the_test(self) -> ExperimentConfig:
+        # A testbed pool must be the same generator at another seed: other knobs draw problems
+        # of another difficulty, and a budget certified on them says nothing about the test.
+        pool = self.calibration.budget_pool
+        if pool is None or pool.name != "testbed" or self.dataset.name != "testbed":
+            return self
+        sizes = ("num_problems", "seed")
+        own = {k: v for k, v in self.dataset.testbed.items() if k not in sizes}
+        drawn = {k: v for k, v in pool.testbed.items() if k not in sizes}
+        if own != drawn:
+            differ = sorted(k for k in own.keys() | drawn.keys() if own.get(k) != drawn.get(k))
+            raise ValueError(
+                "calibration.budget_pool.testbed: the pool must be drawn like the test problems, "
+                f"with dataset.testbed's knobs and only another seed and size; {', '.join(differ)} "
+                "differ"
+            )
+        if pool.testbed.get("seed") == self.dataset.testbed.get("seed"):  # both unset: the default
+            raise ValueError(
+                "calibration.budget_pool.testbed.seed: the dataset's own seed draws the dataset's "
+                "own problems; give the pool a seed of its own"
             )
         return self
 

@@ -33,6 +33,7 @@ __all__ = [
     "DatasetSplits",
     "Problem",
     "assign_split",
+    "load_budget_pool",
     "load_problems",
     "load_split",
     "normalize_question",
@@ -333,3 +334,28 @@ def load_split(cfg: DatasetConfig, split: str) -> list[Problem]:
     if cfg.limit:
         problems = sorted(problems, key=lambda p: _unit_hash(p.id, cfg.seed + 1))[: cfg.limit]
     return problems
+
+
+def load_budget_pool(pool: DatasetConfig, dataset: DatasetConfig) -> list[Problem]:
+    """The problems of a budget pool (`calibration.budget_pool`): every problem of `pool` whose
+    question no split of `dataset` holds; with `pool.limit`, an order-independent subset."""
+    problems = load_problems(pool)
+    splits = split_dataset(dataset).problems.values()
+    known = {normalize_question(p.question) for split in splits for p in split}
+    kept = [p for p in problems if normalize_question(p.question) not in known]
+    if len(kept) < len(problems):
+        log.warning(
+            "budget pool: dropped %d problem(s) whose question a split of '%s' holds",
+            len(problems) - len(kept),
+            dataset.name,
+        )
+    clash = {p.id for p in kept} & {p.id for split in splits for p in split}
+    if clash:
+        raise DataError(
+            f"budget pool: {len(clash)} problem id(s) are also ids of '{dataset.name}' "
+            f"problems with another question (e.g. {sorted(clash)[0]!r}); calibration rows are "
+            "keyed by id: give the pool another source (the testbed: another seed)"
+        )
+    if pool.limit:
+        kept = sorted(kept, key=lambda p: _unit_hash(p.id, pool.seed + 1))[: pool.limit]
+    return kept

@@ -320,3 +320,75 @@ def test_a_point_saved_before_the_rule_field_is_the_policys(tmp_path) -> None:
     (tmp_path / "operating_points.json").write_text(json.dumps([saved]))
     (point,) = load_operating_points(tmp_path)
     assert point.rule == "policy" and point.budget == 0.4
+
+
+def _pooled_rows(rng: np.random.Generator, labelled: int, pool: int) -> pd.DataFrame:
+    """Rows of the policy over a fine κ grid with small-only and large-only (cost 1 each), on
+    `labelled` calibration problems then `pool` budget-pool problems. A pool problem's
+    `correct` is False throughout: its answer is not read, and the points must not show it."""
+    n = labelled + pool
+    ids = [f"p{i}" for i in range(n)]
+    flags = np.arange(n) < labelled
+    frames = [
+        pd.DataFrame(
+            {"rule": rule, "threshold": np.nan, "problem_id": ids, "cost": cost, "labelled": flags}
+        ).assign(correct=(rng.random(n) < accuracy) & flags)
+        for rule, cost, accuracy in (("small_only", 0.1, 0.5), ("large_only", 1.0, 0.95))
+    ]
+    for kappa in np.linspace(0.05, 0.95, 181):
+        cost = np.clip(rng.normal(true_cost(kappa), 0.3, n), 0.0, 2.0)
+        correct = (rng.random(n) < true_accuracy(kappa)) & flags
+        frames.append(
+            pd.DataFrame(
+                {"rule": "policy", "threshold": kappa, "problem_id": ids, "cost": cost}
+            ).assign(correct=correct, labelled=flags)
+        )
+    return pd.concat(frames).sample(frac=1.0, random_state=0)  # the pool's rows interleaved
+
+
+def _ltt_cfg(testbed_cfg, budgets: tuple[float, ...], accuracy: tuple[float, ...] = ()):
+    cal = testbed_cfg.calibration.model_copy(
+        update={"method": "ltt", "budgets": budgets, "accuracy_targets": accuracy}
+    )
+    return testbed_cfg.model_copy(update={"calibration": cal})
+
+
+def test_a_budget_pool_counts_for_cost_and_never_for_accuracy(testbed_cfg) -> None:
+    from pipeline.calibration import choose_points
+
+    cfg = _ltt_cfg(testbed_cfg, (0.5, 0.7), (0.8,))
+    rows = _pooled_rows(np.random.default_rng(0), 300, 900)
+    pooled = choose_points(cfg, rows)
+    alone = choose_points(cfg, rows[rows.labelled].drop(columns="labelled"))
+    names = ["budget-0.5", "budget-0.7", "accuracy-0.8xlarge"]
+    assert [p.name for p in pooled] == [p.name for p in alone] == names
+    policy = rows[rows.rule == "policy"]
+    for p in pooled:
+        assert (p.problems, p.labelled) == (1200, 300)
+        at_kappa = policy[policy.threshold == p.kappa]
+        assert p.expected_accuracy == pytest.approx(at_kappa[at_kappa.labelled].correct.mean())
+        assert p.expected_cost == pytest.approx(at_kappa.cost.mean())
+    # The accuracy target is tested on the labelled problems alone: the same κ either way.
+    assert pooled[2].kappa == alone[2].kappa
+    assert all(p.labelled is None and p.problems == 300 for p in alone)
+
+
+def test_a_budget_pool_certifies_points_nearer_their_budget_and_keeps_the_guarantee(
+    testbed_cfg,
+) -> None:
+    from pipeline.calibration import choose_points
+
+    delta, budget, trials = 0.1, 0.5, 40
+    cfg = _ltt_cfg(testbed_cfg, (budget,))
+    gaps, failures = {"alone": [], "pooled": []}, 0
+    for seed in range(trials):
+        rows = _pooled_rows(np.random.default_rng(seed), 200, 600)
+        for name, used in (("alone", rows[rows.labelled]), ("pooled", rows)):
+            (point,) = choose_points(cfg, used)
+            gaps[name].append(budget - true_cost(point.kappa))
+            failures += true_cost(point.kappa) > budget
+    assert failures / (2 * trials) <= delta
+    # 4x the problems: the betting test's margin about halves.
+    assert np.mean(gaps["pooled"]) < 0.7 * np.mean(gaps["alone"]), {
+        k: np.mean(g) for k, g in gaps.items()
+    }

@@ -223,3 +223,23 @@ def test_a_bad_kappa_grid_is_refused_with_the_reason(
     with pytest.raises(ConfigError, match="calibration.grid_targets") as err:
         load_config(_write(tmp_path, data))
     assert message in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("pool", "message"),
+    [
+        ({"num_problems": 300, "seed": 9, "max_ops": 3}, "max_ops differ"),
+        ({"num_problems": 300, "seed": 1}, "a seed of its own"),
+    ],
+)
+def test_a_testbed_budget_pool_must_be_drawn_like_the_test(
+    tmp_path: Path, pool: dict, message: str
+) -> None:
+    data = _minimal()
+    data["dataset"] = {"name": "testbed", "testbed": {"num_problems": 500, "seed": 1}}
+    data["calibration"] = {"budget_pool": {"name": "testbed", "testbed": pool}}
+    with pytest.raises(ConfigError, match="calibration.budget_pool") as err:
+        load_config(_write(tmp_path, data))
+    assert message in str(err.value)
+    data["calibration"]["budget_pool"]["testbed"] = {"num_problems": 300, "seed": 9}
+    assert load_config(_write(tmp_path, data)).calibration.budget_pool.testbed["seed"] == 9

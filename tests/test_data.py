@@ -17,6 +17,7 @@ from pipeline.data import (
     DataError,
     Problem,
     assign_split,
+    load_budget_pool,
     load_problems,
     load_split,
     normalize_question,
@@ -338,3 +339,40 @@ def test_omnimath_repeated_questions_share_a_split(
     by_id = split_problems(problems, cfg.splits, cfg.seed, by="id")
     home = {p.id: split for split, members in by_id.items() for p in members}
     assert any(len({home[i] for i in ids}) > 1 for ids in repeats)
+
+
+# --------------------------------------------------------------------------------------------
+# A budget pool: more problems for the cost tests, none that a split holds
+# --------------------------------------------------------------------------------------------
+
+
+def test_a_testbed_budget_pool_is_fresh_problems_none_of_them_in_a_split() -> None:
+    cfg = load_config(REPO / "configs" / "testbed.yaml")
+    pool = load_budget_pool(cfg.calibration.budget_pool, cfg.dataset)
+    assert len(pool) == cfg.calibration.budget_pool.testbed["num_problems"]
+    splits = split_dataset(cfg.dataset).problems.values()
+    held = {p.question for split in splits for p in split}
+    assert not {p.question for p in pool} & held
+    assert not {p.id for p in pool} & {p.id for split in splits for p in split}
+
+
+def test_a_budget_pool_drops_questions_a_split_holds_and_refuses_shared_ids(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    main = _write_gsm8k(tmp_path / "main.jsonl", ["What is 2+2?", "What is 3+3?", "What is 4+4?"])
+    dataset = DatasetConfig(name="gsm8k", source=str(main))
+    extra = _write_gsm8k(tmp_path / "pool.jsonl", ["  what is 3+3?", "Is 5 > 4?", "Is 6 > 4?"])
+    pool_cfg = DatasetConfig(name="gsm8k", source=str(extra))
+    with caplog.at_level(logging.WARNING):
+        pool = load_budget_pool(pool_cfg, dataset)
+    assert sorted(p.question for p in pool) == ["Is 5 > 4?", "Is 6 > 4?"]
+    assert "dropped 1 problem(s)" in caplog.text
+    assert len(load_budget_pool(pool_cfg.model_copy(update={"limit": 1}), dataset)) == 1
+    # Rows are keyed by id: a pool whose ids name other problems of the benchmark is refused
+    # (testbed ids are seed and position: the same seed with other knobs, other questions).
+    testbed = DatasetConfig(name="testbed", testbed={"num_problems": 50, "seed": 7})
+    shorter = testbed.model_copy(
+        update={"testbed": {**testbed.testbed, "max_ops": 2, "min_ops": 1}}
+    )
+    with pytest.raises(DataError, match="problem id"):
+        load_budget_pool(shorter, testbed)

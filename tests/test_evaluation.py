@@ -38,16 +38,21 @@ def small_eval_cfg(testbed_cfg, tmp_path_factory):
     raw["evaluation"] |= {"limit": 12, "escalation_targets": [0.3], "rules": RULES}
     # A "trained" policy in the output folder, with one calibrated operating point.
     policy_dir = RouterPolicy.hand_set().save(out / "policy")
-    point = OperatingPoint("budget-0.5", 0.05, "ltt", 0.4, (0.3, 0.5), 0.7, (0.6, 0.8), 100)
+    # Its budget was tested on 100 problems, 60 of them a budget pool's.
+    point = OperatingPoint(
+        "budget-0.5", 0.05, "ltt", 0.4, (0.3, 0.5), 0.7, (0.6, 0.8), 100, labelled=40
+    )
     save_operating_points([point], policy_dir)
     # The grid's rows beside it, as `steproute calibrate` saves them: here only the two
-    # baselines, on four calibration problems (small-only right on 1, large-only on 3).
+    # baselines, on four calibration problems (small-only right on 1, large-only on 3) and two
+    # of the budget pool (right throughout, but their answers are not read).
     baselines = pd.DataFrame(
         {
-            "rule": ["small_only"] * 4 + ["large_only"] * 4,
+            "rule": ["small_only"] * 6 + ["large_only"] * 6,
             "threshold": math.nan,
-            "problem_id": [f"c{i}" for i in range(4)] * 2,
-            "correct": [True, False, False, False, True, True, True, False],
+            "problem_id": [f"c{i}" for i in range(6)] * 2,
+            "labelled": [True] * 4 + [False] * 2 + [True] * 4 + [False] * 2,
+            "correct": [True, False, False, False, True, True, True, True, True, False, True, True],
             "cost": 1.0,
         }
     )
@@ -165,6 +170,7 @@ def test_policy_curve_includes_the_calibrated_points_checked_on_this_split(two_r
     here = points[(points.rule == "policy") & (points.threshold == 0.05)].cost_normalized.iloc[0]
     row = next(line for line in report.splitlines() if line.startswith("| budget-0.5 | ltt"))
     assert row.endswith(f"| {0.5 - here:.3f} |")  # what the point left of its budget here
+    assert "the budgets were tested on 100, with 60 from the budget pool" in report
     # The splits compared, from the calibration rows beside the points and this run's baselines.
     accuracy = points.drop_duplicates("rule").set_index("rule").accuracy
     assert (

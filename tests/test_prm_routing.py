@@ -87,6 +87,11 @@ def test_prm_threshold_is_calibrated_and_evaluated_at_its_points(
 
     kept = pd.read_parquet(cfg.rule_dir("prm_threshold") / "calibration_rows.parquet")
     assert choose_points(cfg, kept, "prm_threshold") == points
+    # The config's budget pool ran beside the split (as many problems, under `limit`): budgets
+    # were tested on both, accuracy on the split's labelled problems alone.
+    assert all((p.problems, p.labelled) == (2 * PROBLEMS, PROBLEMS) for p in points)
+    per_rule = kept.groupby(["rule", "threshold"], dropna=False).labelled.agg(["sum", "size"])
+    assert (per_rule["sum"] == PROBLEMS).all() and (per_rule["size"] == 2 * PROBLEMS).all()
 
     # Evaluation runs the rule at exactly its calibrated κ, beside its quantile grid.
     rows, skipped = asyncio.run(

@@ -211,9 +211,11 @@ def _calibrated_section(
             "",
             f"## Calibrated operating points on this split: `{name}`",
             "",
-            "Chosen by `steproute calibrate` on the calibration split; measured here on held-out "
-            "problems at exactly their κ. A budget point holds when its cost here stays within "
-            "its budget; below budget: how much of the budget it left unspent here.",
+            "Chosen by `steproute calibrate` on the calibration split"
+            + _pool_note(calibrated)
+            + "; measured here on held-out problems at exactly their κ. A budget point holds "
+            "when its cost here stays within its budget; below budget: how much of the budget "
+            "it left unspent here.",
             "",
             "| point | method | κ | calibration cost | calibration accuracy | cost here | "
             "accuracy here | target met here | below budget |",
@@ -231,6 +233,18 @@ def _calibrated_section(
     return lines
 
 
+def _pool_note(points) -> str:
+    """How many problems the budgets were tested on, where a budget pool added to the split."""
+    pooled = [p for p in points if p.labelled is not None]
+    if not pooled:
+        return ""
+    p = pooled[0]
+    return (
+        f" ({p.labelled:,} problems; the budgets were tested on {p.problems:,}, with "
+        f"{p.problems - p.labelled:,} from the budget pool, whose costs need no labels)"
+    )
+
+
 def _splits_compared(folder: Path, accuracy_here: pd.Series) -> list[str]:
     """Small-only and large-only accuracy on the calibration split (from the grid's rows saved
     beside the points) and here (`accuracy_here`, by rule): a point's cost moves with the
@@ -238,7 +252,9 @@ def _splits_compared(folder: Path, accuracy_here: pd.Series) -> list[str]:
     path = folder / ROWS_FILE
     if not path.exists():
         return []
-    rows = pd.read_parquet(path, columns=["rule", "problem_id", "correct"])
+    rows = pd.read_parquet(path)
+    if "labelled" in rows.columns:
+        rows = rows[rows.labelled]  # a budget pool's problems have costs only
     compared = []
     for rule in ("small_only", "large_only"):
         there = rows[rows.rule == rule]
