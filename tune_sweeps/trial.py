@@ -86,7 +86,7 @@ def run_trial(params: dict, *, experiment: dict, spec: dict, root: str) -> None:
     rows = policy_grid(cfg, policy)
     points = choose_points(cfg, rows)
     save_operating_points(points, policy)
-    _, summary = summarize(rows)
+    _, summary = summarize(rows[rows.labelled])  # a budget pool's answers are not read
     row = summary[summary.rule == "policy"].iloc[0]
     budget = cfg.routing.budget
     chosen = next((p for p in points if budget and p.budget == budget), None)
