@@ -68,8 +68,8 @@ class GridPoint:
 
     kappa: float
     cost: np.ndarray  # normalized cost per problem
-    # 0/1 per labelled problem: the calibration split's, in order. Problems of a budget pool
-    # (`calibration.budget_pool`) come after them in `cost` and have no entry here.
+    # 0/1 per labelled problem (the calibration split's); a budget pool's problems
+    # (`calibration.budget_pool`) are in `cost` only.
     correct: np.ndarray
     # Large-only's normalized cost on the same problems, in the same order (its mean is 1 on the
     # calibration split); None: budgets are tested on `cost` alone, against a fixed large-only mean.
@@ -382,7 +382,6 @@ def choose_points(cfg, rows, rule: str = "policy") -> list[OperatingPoint]:
     cal = cfg.calibration
     if "labelled" not in rows.columns:
         rows = rows.assign(labelled=True)
-    rows = rows.sort_values("labelled", ascending=False, kind="stable")  # labelled first
     large = rows[rows.rule == "large_only"]
     large_cost, large_accuracy = _cost_and_accuracy(large)
     large_by_problem = large.set_index("problem_id").cost / large_cost

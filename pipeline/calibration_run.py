@@ -49,9 +49,8 @@ def rule_grid(cfg, rule: str, policy_dir: str | Path | None = None, engines: dic
         use_ray = cfg.evaluation.use_ray
         models = cfg.models_for([rule])
         async with engine_pool(models, use_ray=use_ray, cache=cache, engines=engines) as live:
-            controller = Controller(cfg, live)
             rows, skipped = await evaluate_with(
-                run_cfg, controller, problems + pool, [rule], traces=False
+                run_cfg, Controller(cfg, live), problems + pool, [rule], traces=False
             )
             if rule in skipped:
                 raise ValueError(f"cannot calibrate '{rule}': {skipped[rule]}")

@@ -330,18 +330,22 @@ def load_split(cfg: DatasetConfig, split: str) -> list[Problem]:
     """The problems of one split; with `cfg.limit`, a subset that is also order-independent."""
     if split not in SPLITS:
         raise ValueError(f"unknown split '{split}'; known: {', '.join(SPLITS)}")
-    problems = split_dataset(cfg).problems[split]
-    if cfg.limit:
-        problems = sorted(problems, key=lambda p: _unit_hash(p.id, cfg.seed + 1))[: cfg.limit]
-    return problems
+    return _limited(split_dataset(cfg).problems[split], cfg)
+
+
+def _limited(problems: list[Problem], cfg: DatasetConfig) -> list[Problem]:
+    """With `cfg.limit`, that many of `problems`, chosen by hashed id (order-independent)."""
+    if not cfg.limit:
+        return problems
+    return sorted(problems, key=lambda p: _unit_hash(p.id, cfg.seed + 1))[: cfg.limit]
 
 
 def load_budget_pool(pool: DatasetConfig, dataset: DatasetConfig) -> list[Problem]:
     """The problems of a budget pool (`calibration.budget_pool`): every problem of `pool` whose
     question no split of `dataset` holds; with `pool.limit`, an order-independent subset."""
     problems = load_problems(pool)
-    splits = split_dataset(dataset).problems.values()
-    known = {normalize_question(p.question) for split in splits for p in split}
+    held = [p for split in split_dataset(dataset).problems.values() for p in split]
+    known = {normalize_question(p.question) for p in held}
     kept = [p for p in problems if normalize_question(p.question) not in known]
     if len(kept) < len(problems):
         log.warning(
@@ -349,13 +353,11 @@ def load_budget_pool(pool: DatasetConfig, dataset: DatasetConfig) -> list[Proble
             len(problems) - len(kept),
             dataset.name,
         )
-    clash = {p.id for p in kept} & {p.id for split in splits for p in split}
+    clash = {p.id for p in kept} & {p.id for p in held}
     if clash:
         raise DataError(
             f"budget pool: {len(clash)} problem id(s) are also ids of '{dataset.name}' "
             f"problems with another question (e.g. {sorted(clash)[0]!r}); calibration rows are "
             "keyed by id: give the pool another source (the testbed: another seed)"
         )
-    if pool.limit:
-        kept = sorted(kept, key=lambda p: _unit_hash(p.id, pool.seed + 1))[: pool.limit]
-    return kept
+    return _limited(kept, pool)
