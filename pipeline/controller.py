@@ -26,7 +26,7 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -78,14 +78,32 @@ class Controller:
         self.cost_ceiling = cost_ceiling(
             cfg.routing.cost_model, self.by_name[self.large], cfg.routing.max_steps
         )
+        # Prompt token ids by question, per model (`prepare`); nothing else fills it, so a
+        # long-lived controller (the Serve router's) does not grow with the questions it sees.
+        self._prepared: dict[str, dict[str, tuple[int, ...]]] = {}
 
     # ------------------------------------------------------------------ states
 
-    def start(self, problem: Problem) -> ReasoningState:
-        contexts = {
-            name: prompt_token_ids(tok, problem, self.benchmark)
+    def prepare(self, problems: Iterable[Problem]) -> None:
+        """Tokenize these problems' prompts now, for every later `start` of them. The RLlib env
+        prepares its split when it is built, so admitting a problem mid-rollout costs it no
+        tokenizer work (each model's chat template and encoding: on the testbed a quarter of
+        the driver's work in an episode, benchmarks/RESULTS.md "Rollout, prompts tokenized
+        once")."""
+        for problem in problems:
+            if problem.question not in self._prepared:
+                self._prepared[problem.question] = self._prompt_ids(problem)
+
+    def _prompt_ids(self, problem: Problem) -> dict[str, tuple[int, ...]]:
+        return {
+            name: tuple(prompt_token_ids(tok, problem, self.benchmark))
             for name, tok in self.tokenizers.items()
         }
+
+    def start(self, problem: Problem) -> ReasoningState:
+        # A prompt is the question's (pipeline.prompts): prepared ones are looked up by it.
+        prompts = self._prepared.get(problem.question) or self._prompt_ids(problem)
+        contexts = {name: list(ids) for name, ids in prompts.items()}
         return ReasoningState(
             problem=problem,
             contexts=contexts,

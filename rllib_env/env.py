@@ -84,6 +84,7 @@ class StepRoutingEnv(MultiAgentEnv):
             cache = StepCache(self.cfg.step_cache_dir)
             engines = start_engines(self.cfg.models, use_ray=True, cache=cache)
         self.controller = Controller(self.cfg, engines)
+        self.controller.prepare(self.problems)  # admitting a problem then tokenizes nothing
         # One event loop for the env's life: engine clients stay bound to it.
         self._loop = asyncio.new_event_loop()
 

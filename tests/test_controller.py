@@ -161,3 +161,41 @@ def test_observation_carries_each_question_length(testbed_cfg, testbed_engines, 
     lengths = [s.prompt_lengths[controller.small] for s in states]
     assert len(set(lengths)) > 1  # the sample holds questions of different lengths
     assert column.tolist() == pytest.approx([min(1.0, n / scale) for n in lengths])
+
+
+class CountingTokenizer:
+    """A tokenizer that counts its `encode` calls (everything else is the real one's)."""
+
+    def __init__(self, tokenizer) -> None:
+        self._tokenizer = tokenizer
+        self.encodes = 0
+
+    def encode(self, *args, **kwargs):
+        self.encodes += 1
+        return self._tokenizer.encode(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._tokenizer, name)
+
+
+def test_prepared_prompts_start_the_same_states_without_the_tokenizer(
+    controller, testbed_cfg, testbed_engines, problems
+) -> None:
+    counting = {name: CountingTokenizer(t) for name, t in controller.tokenizers.items()}
+    prepared = Controller(testbed_cfg, testbed_engines, tokenizers=counting)
+    prepared.prepare(problems[:5])
+    assert sum(t.encodes for t in counting.values()) == 5 * len(counting)
+
+    for problem in problems[:5]:
+        state, fresh = prepared.start(problem), controller.start(problem)
+        assert state.contexts == fresh.contexts and state.prompt_lengths == fresh.prompt_lengths
+    assert sum(t.encodes for t in counting.values()) == 5 * len(counting)  # none more
+
+    # Each state owns its contexts: a step appended to one leaves the next start's prompt alone.
+    first = prepared.start(problems[0])
+    first.contexts["small"].append(7)
+    assert prepared.start(problems[0]).contexts == controller.start(problems[0]).contexts
+    # A problem not prepared is tokenized as before, and not kept.
+    prepared.start(problems[6])
+    prepared.start(problems[6])
+    assert sum(t.encodes for t in counting.values()) == 7 * len(counting)
