@@ -13,6 +13,7 @@ from __future__ import annotations
 import ast
 import functools
 import hashlib
+import itertools
 import math
 import operator
 import re
@@ -309,21 +310,27 @@ def text_embedding(text: str, dim: int) -> list[float]:
 
 def text_embeddings(texts: Sequence[str], dim: int) -> np.ndarray:
     """`text_embedding` of each text, as the rows of a (len(texts), dim) array."""
-    vectors = np.zeros((len(texts), max(0, dim)))
     if dim <= 0:
-        return vectors
-    for row, text in zip(vectors, texts, strict=True):
-        counts = [0.0] * dim
-        padded = f"  {text} "
-        for i in range(len(padded) - 2):
-            bucket, sign = _trigram_slot(padded[i : i + 3], dim)
-            counts[bucket] += sign
-        row[:] = counts
-    # The entries are whole numbers, so the sums of squares are exact in any order: numpy gives
-    # the same floats as a Python loop, in a fraction of the time.
+        return np.zeros((len(texts), max(0, dim)))
+    # Every text's trigrams as (slot in the flattened array, sign), then one weighted count.
+    slots = [
+        (row * dim + bucket, sign)
+        for row, text in enumerate(texts)
+        for padded in (f"  {text} ",)
+        for bucket, sign in map(_trigram_slot, _trigrams(padded), itertools.repeat(dim))
+    ]
+    flat, signs = zip(*slots, strict=True) if slots else ((), ())
+    counts = np.bincount(np.asarray(flat, np.int64), np.asarray(signs), len(texts) * dim)
+    vectors = counts.reshape(len(texts), dim)
+    # The entries are whole numbers, so their sums (and sums of squares) are exact in any order:
+    # numpy gives the same floats as a Python loop, in a fraction of the time.
     norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors))
     norms[norms == 0] = 1.0
     return (vectors / norms[:, None] + 1.0) / 2.0
+
+
+def _trigrams(padded: str) -> list[str]:
+    return [padded[i : i + 3] for i in range(len(padded) - 2)]
 
 
 @functools.lru_cache(maxsize=1 << 16)
