@@ -518,7 +518,8 @@ class CalibrationConfig(_Frozen):
         description="More problems for the budget tests only: a cost needs no label, so a "
         "budget is certified on the calibration split and these together (accuracy targets on "
         "the split alone). Every problem of this source is used (`limit` keeps a subset), "
-        "minus any whose question a split of `dataset` holds; their answers are not read. They "
+        "minus any whose question a split of `dataset` holds; their answers are not read (a "
+        "file of questions alone will do: GSM8K's `question`, MATH's `problem`). They "
         "must come from the test problems' distribution, as the calibration split does.",
     )
 

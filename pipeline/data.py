@@ -12,6 +12,7 @@ all 1,319 of test.jsonl -> test); without one, the main source is split three wa
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -106,6 +107,26 @@ _PARSERS: dict[str, Callable[[Row], Parsed]] = {
     "omnimath_rule": _parse_omnimath_rule,
 }
 
+# Where each benchmark's rows keep the question, for sources read without their answers (a
+# budget pool: `load_problems(cfg, labelled=False)`). Omni-MATH files use either name.
+_QUESTION_FIELDS: dict[str, tuple[str, ...]] = {
+    "gsm8k": ("question",),
+    "math500": ("problem",),
+    "omnimath": ("problem", "question"),
+    "omnimath_rule": ("problem",),
+}
+
+
+def _parse_question(name: str, row: Row) -> Parsed:
+    """The question of a row, its answer not read (a pool of unlabelled questions has none)."""
+    fields = _QUESTION_FIELDS[name]
+    present = [key for key in fields if key in row]
+    if not present:
+        raise KeyError(f"missing field {' or '.join(map(repr, fields))}; present: {sorted(row)}")
+    (question,) = _require(row, present[0])
+    return row.get("unique_id") if name == "math500" else None, question, "", {}
+
+
 # The file a folder source means, per benchmark (GSM8K and MATH pick by `file_split`: a copy of
 # prm800k's math_splits/ holds train.jsonl beside MATH500's test.jsonl).
 _DEFAULT_FILES: dict[str, Callable[[DatasetConfig], str]] = {
@@ -185,9 +206,12 @@ def _content_id(name: str, question: str) -> str:
     return f"{name}-{hashlib.sha1(question.encode('utf-8')).hexdigest()[:16]}"
 
 
-def problems_from_rows(name: str, rows: Iterable[tuple[str, Row]]) -> list[Problem]:
-    """Parse rows into problems; malformed rows raise, empty gold answers are skipped and counted."""
-    parser = _PARSERS[name]
+def problems_from_rows(
+    name: str, rows: Iterable[tuple[str, Row]], labelled: bool = True
+) -> list[Problem]:
+    """Parse rows into problems; malformed rows raise, empty gold answers are skipped and counted.
+    `labelled=False` reads the questions only: every problem's `gold_answer` is ""."""
+    parser = _PARSERS[name] if labelled else functools.partial(_parse_question, name)
     problems: list[Problem] = []
     seen: dict[str, int] = {}
     skipped_empty = 0
@@ -196,7 +220,7 @@ def problems_from_rows(name: str, rows: Iterable[tuple[str, Row]]) -> list[Probl
             id_hint, question, gold, meta = parser(row)
         except (KeyError, TypeError, ValueError) as exc:
             raise DataError(f"{location}: malformed {name} record: {exc}") from None
-        if not gold:
+        if labelled and not gold:
             skipped_empty += 1
             continue
         problem_id = id_hint or _content_id(name, question)
@@ -212,18 +236,17 @@ def problems_from_rows(name: str, rows: Iterable[tuple[str, Row]]) -> list[Probl
     return problems
 
 
-def load_problems(cfg: DatasetConfig) -> list[Problem]:
-    """All problems of the configured benchmark (before splitting; `limit` applies after)."""
+def load_problems(cfg: DatasetConfig, labelled: bool = True) -> list[Problem]:
+    """All problems of the configured benchmark (before splitting; `limit` applies after).
+    `labelled=False`: the questions alone, answers not read (`problems_from_rows`); the
+    testbed's generated problems keep theirs."""
     if cfg.name == "testbed":
         from pipeline.testbed.tasks import generate_problems  # lazy: only testbed runs need it
 
         return generate_problems(cfg)
     path = _resolve_source(cfg)
-    if path is not None:
-        problems = problems_from_rows(cfg.name, _read_rows(path))
-    else:
-        problems = problems_from_rows(cfg.name, _rows_from_hub(cfg))
-    return problems
+    rows = _read_rows(path) if path is not None else _rows_from_hub(cfg)
+    return problems_from_rows(cfg.name, rows, labelled)
 
 
 # --------------------------------------------------------------------------------------------
@@ -342,8 +365,9 @@ def _limited(problems: list[Problem], cfg: DatasetConfig) -> list[Problem]:
 
 def load_budget_pool(pool: DatasetConfig, dataset: DatasetConfig) -> list[Problem]:
     """The problems of a budget pool (`calibration.budget_pool`): every problem of `pool` whose
-    question no split of `dataset` holds; with `pool.limit`, an order-independent subset."""
-    problems = load_problems(pool)
+    question no split of `dataset` holds; with `pool.limit`, an order-independent subset. Only
+    the questions are read (a cost needs no label), so a file of questions alone will do."""
+    problems = load_problems(pool, labelled=False)
     held = [p for split in split_dataset(dataset).problems.values() for p in split]
     known = {normalize_question(p.question) for p in held}
     kept = [p for p in problems if normalize_question(p.question) not in known]

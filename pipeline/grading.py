@@ -139,8 +139,9 @@ def is_equivalent(gold: str, predicted: str) -> bool:
 
 
 def grade(text: str, gold: str, benchmark: str | None = None) -> GradeResult:
-    """Extract the final answer from `text` and check it against `gold`."""
+    """Extract the final answer from `text` and check it against `gold`. No gold (a budget
+    pool's question, read without its answer) grades nothing correct."""
     extracted = extract_answer(text, benchmark)
-    if extracted is None:
-        return GradeResult(correct=False, extracted=None)
+    if extracted is None or not gold.strip():
+        return GradeResult(correct=False, extracted=extracted)
     return GradeResult(correct=is_equivalent(gold, extracted), extracted=extracted)

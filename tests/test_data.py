@@ -356,6 +356,31 @@ def test_a_testbed_budget_pool_is_fresh_problems_none_of_them_in_a_split() -> No
     assert not {p.id for p in pool} & {p.id for split in splits for p in split}
 
 
+def test_a_budget_pool_reads_questions_alone(tmp_path: Path) -> None:
+    """A cost needs no label: a pool may be questions without answers. The same file is
+    refused as labelled problems, and a record without the question names its line."""
+    main = _write_gsm8k(tmp_path / "main.jsonl", ["What is 2+2?", "What is 3+3?"])
+    dataset = DatasetConfig(name="gsm8k", source=str(main))
+    rows = [{"question": "Is 5 > 4?"}, {"question": "Is 6 > 4?", "answer": "yes\n#### 1"}]
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    pool_cfg = DatasetConfig(name="gsm8k", source=str(questions))
+    pool = load_budget_pool(pool_cfg, dataset)
+    assert sorted(p.question for p in pool) == ["Is 5 > 4?", "Is 6 > 4?"]
+    assert {p.gold_answer for p in pool} == {""}  # answers are not read, even where present
+    (labelled,) = problems_from_rows("gsm8k", [("row", rows[1])])
+    assert labelled.id in {p.id for p in pool}  # the benchmark's own id for that question
+    with pytest.raises(DataError, match="questions.jsonl:1: .*'answer'"):
+        load_problems(pool_cfg)
+    math_pool = tmp_path / "math.jsonl"
+    math_pool.write_text(json.dumps({"problem": "Find x.", "unique_id": "test/x.json"}) + "\n")
+    (problem,) = load_budget_pool(DatasetConfig(name="math500", source=str(math_pool)), dataset)
+    assert (problem.id, problem.question, problem.gold_answer) == ("test/x.json", "Find x.", "")
+    questions.write_text(json.dumps({"query": "Is 7 > 4?"}) + "\n")
+    with pytest.raises(DataError, match="questions.jsonl:1: .*missing field 'question'"):
+        load_budget_pool(pool_cfg, dataset)
+
+
 def test_a_budget_pool_drops_questions_a_split_holds_and_refuses_shared_ids(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

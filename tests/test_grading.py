@@ -37,6 +37,13 @@ def test_last_number_fallback_is_gsm8k_only() -> None:
     assert extract_answer(text, "math500") is None
 
 
+def test_no_gold_answer_grades_nothing_correct() -> None:
+    """A budget pool's questions are read without answers: their gold is ""."""
+    result = grade("So 2+2=4. The answer is 4", "", "gsm8k")
+    assert not result.correct and result.extracted == "4"
+    assert grade("So 2+2=4. The answer is 4", "4", "gsm8k").correct
+
+
 def test_no_answer_is_graded_wrong_with_nothing_extracted() -> None:
     result = grade("I am not sure.", "5", "math500")
     assert result.correct is False and result.extracted is None
