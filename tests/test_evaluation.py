@@ -171,6 +171,8 @@ def test_policy_curve_includes_the_calibrated_points_checked_on_this_split(two_r
     row = next(line for line in report.splitlines() if line.startswith("| budget-0.5 | ltt"))
     assert row.endswith(f"| {0.5 - here:.3f} |")  # what the point left of its budget here
     assert "the budgets were tested on 100, with 60 from the budget pool" in report
+    # The cost column says it averages the split and the pool; accuracy is the split's alone.
+    assert "| calibration cost (split + pool) | calibration accuracy |" in report
     # The splits compared, from the calibration rows beside the points and this run's baselines.
     accuracy = points.drop_duplicates("rule").set_index("rule").accuracy
     assert (

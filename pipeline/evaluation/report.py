@@ -217,8 +217,8 @@ def _calibrated_section(
             "when its cost here stays within its budget; below budget: how much of the budget "
             "it left unspent here.",
             "",
-            "| point | method | κ | calibration cost | calibration accuracy | cost here | "
-            "accuracy here | target met here | below budget |",
+            f"| point | method | κ | {_cost_header(calibrated)} | calibration accuracy | "
+            "cost here | accuracy here | target met here | below budget |",
             "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: |",
         ]
         for p, cost, acc, met in calibrated_outcomes(rule_points, calibrated, acc_large):
@@ -231,6 +231,14 @@ def _calibrated_section(
             )
         lines += _splits_compared(Path(folder), accuracy_here)
     return lines
+
+
+def _cost_header(points) -> str:
+    """The calibration cost column: the mean over every problem a budget was tested on, which
+    with a budget pool is the split and the pool together (accuracy: the split alone)."""
+    return "calibration cost" + (
+        " (split + pool)" if any(p.labelled is not None for p in points) else ""
+    )
 
 
 def _pool_note(points) -> str:
