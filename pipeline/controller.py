@@ -89,7 +89,7 @@ class Controller:
         prepares its split when it is built, so admitting a problem mid-rollout costs it no
         tokenizer work (each model's chat template and encoding: on the testbed a quarter of
         the driver's work in an episode, benchmarks/RESULTS.md "Rollout, prompts tokenized
-        once")."""
+        once"); `evaluate_with` prepares its problems once for all its rules and points."""
         for problem in problems:
             if problem.question not in self._prepared:
                 self._prepared[problem.question] = self._prompt_ids(problem)

@@ -199,3 +199,18 @@ def test_prepared_prompts_start_the_same_states_without_the_tokenizer(
     prepared.start(problems[6])
     prepared.start(problems[6])
     assert sum(t.encodes for t in counting.values()) == 7 * len(counting)
+
+
+def test_an_evaluation_tokenizes_each_prompt_once_for_all_its_runs(
+    controller, testbed_cfg, testbed_engines, problems
+) -> None:
+    from pipeline.evaluation import evaluate_with
+
+    counting = {name: CountingTokenizer(t) for name, t in controller.tokenizers.items()}
+    evaluating = Controller(testbed_cfg, testbed_engines, tokenizers=counting)
+    rows, _ = asyncio.run(
+        evaluate_with(testbed_cfg, evaluating, problems[:4], ["small_only", "large_only"])
+    )
+    assert sorted(set(rows.rule)) == ["large_only", "small_only"] and len(rows) == 8
+    # Two runs over four problems: each prompt was encoded once per model, not once per run.
+    assert sum(t.encodes for t in counting.values()) == 4 * len(counting)

@@ -126,6 +126,9 @@ async def evaluate_with(
     ev = cfg.evaluation
     rows: list[dict] = []
     skipped: dict[str, str] = {}
+    # Every rule and operating point starts the same problems: tokenize their prompts once
+    # (calibration's grid starts each problem ~225 times).
+    controller.prepare(problems)
 
     async def run(rule: RoutingRule, label: str) -> list[ReasoningState]:
         shown = (
