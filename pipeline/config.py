@@ -558,11 +558,20 @@ class EvaluationConfig(_Frozen):
         "small-only trajectory's drafts would escalate; 0 % and 100 % are always added.",
     )
     concurrency: int = Field(64, ge=1, description="Problems in flight at once.")
+    shared_trajectories: bool = Field(
+        True,
+        description="A thresholded rule that decides by its score alone runs every operating "
+        "point in one pass: each problem is solved once per distinct trajectory, which the "
+        "points share until a step's score parts them (the same rows as one run per point). "
+        "false: one run per operating point, `points_in_flight` at a time.",
+    )
     points_in_flight: int = Field(
         1,
         ge=1,
         description="Operating points of a thresholded rule run side by side, each with "
-        "`concurrency` problems in flight (the engines batch them together).",
+        "`concurrency` problems in flight (the engines batch them together), where each point "
+        "has a run of its own (`shared_trajectories: false`, or a rule whose decisions depend "
+        "on more than its score).",
     )
     policy: str | None = Field(
         None, description="RouterPolicy folder for the `policy` rule; unset = hand-set linear."

@@ -44,7 +44,7 @@ from pipeline.features import (
 )
 from pipeline.grading import extract_answer, grade
 from pipeline.prompts import chat_context, load_tokenizers, prompt_token_ids, speaks_chat
-from pipeline.rules import RoutingRule
+from pipeline.rules import RoutingRule, ThresholdRule
 from pipeline.trajectory import ReasoningState, StepRecord
 
 log = logging.getLogger(__name__)
@@ -338,6 +338,17 @@ class Controller:
             for state, result in zip(states, await self.escalate(states, target), strict=True):
                 self.advance(state, result, target)
             return
+        drafts, obs, routing = await self._drafted(states, rule)
+        began = time.perf_counter()
+        actions, scores = rule.decide_with_scores(obs)
+        routing += time.perf_counter() - began
+        await self._take(states, drafts, obs.features, actions, scores, routing, rule)
+
+    async def _drafted(
+        self, states: Sequence[ReasoningState], rule: RoutingRule
+    ) -> tuple[list[StepResult], Observation, float]:
+        """Each state's draft and its observation (with the verifier's or the PRM's scores when
+        `rule` reads them), and the seconds spent on features, not waiting on engines."""
         drafts = await self.draft(states)
         began = time.perf_counter()
         obs = self.observe(states, drafts)
@@ -347,9 +358,19 @@ class Controller:
             obs = dataclasses.replace(obs, verifier_mean_logprob=verifier)
         if rule.needs_prm:
             obs = dataclasses.replace(obs, prm_step_score=await self.score_with_prm(states, drafts))
-        began = time.perf_counter()
-        actions, scores = rule.decide_with_scores(obs)
-        routing += time.perf_counter() - began
+        return drafts, obs, routing
+
+    async def _take(
+        self,
+        states: Sequence[ReasoningState],
+        drafts: Sequence[StepResult],
+        features: np.ndarray,
+        actions,
+        scores: np.ndarray | None,
+        routing: float,
+        rule: RoutingRule,
+    ) -> None:
+        """Escalate the steps `actions` escalate, keep the other drafts: advance every state."""
         actions = np.asarray(actions, dtype=np.int64)
         if rule.num_actions != len(self.models):
             # A keep-or-escalate rule on a longer ladder escalates to the largest model.
@@ -363,7 +384,7 @@ class Controller:
                 result,
                 model,
                 draft=drafts[i],
-                features=obs.features[i].tolist(),
+                features=features[i].tolist(),
                 score=None if scores is None else float(scores[i]),
             )
 
@@ -404,6 +425,101 @@ class Controller:
         log.info("solved %d problems in %.1f s", len(states), time.perf_counter() - started)
         return states
 
+    async def run_thresholds(
+        self,
+        problems: Sequence[Problem],
+        rule: ThresholdRule,
+        thresholds: Iterable[float],
+        concurrency: int = 64,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> dict[float, list[ReasoningState]]:
+        """`run(problems, rule.with_threshold(t))` for every threshold t, in one pass.
+
+        A rule that decides by score alone (`ThresholdRule.decides_by_score_alone`) escalates a
+        draft at every threshold up to its score and keeps it above, so the runs of all
+        thresholds share a problem's trajectory until a step's score falls between two of them.
+        Each problem is solved once per distinct trajectory: a branch holds the thresholds that
+        reached its state and forks where they part (the escalating ones go on in a copy).
+        Calibration's grid of ~225 thresholds takes a handful of trajectories per problem
+        instead of 225 runs. Returns {threshold: the states in `problems`' order}; every
+        threshold's states are those its own `run` gives (same drafts, decisions and costs).
+        `concurrency` problems are started at a time; their branches step together."""
+        if not (isinstance(rule, ThresholdRule) and rule.decides_by_score_alone()):
+            raise ValueError(f"{rule.name}: its decisions are not its score against a threshold")
+        kappas = np.asarray(sorted({float(t) for t in thresholds}), dtype=np.float64)
+        if kappas.size == 0:
+            return {}
+        leaves: list[list[_Branch]] = [[] for _ in problems]
+        waiting = list(reversed(range(len(problems))))
+        active: list[_Branch] = []
+        in_flight = finished = 0  # problems with a branch still going / with all of them done
+        started = time.perf_counter()
+        while waiting or active:
+            while waiting and in_flight < concurrency:
+                index = waiting.pop()
+                active.append(_Branch(index, self.start(problems[index]), 0, kappas.size))
+                in_flight += 1
+            stepped = await self._fork_step(active, rule, kappas)
+            active = [b for b in stepped if not b.state.done]
+            going = {b.problem for b in active}
+            for branch in stepped:
+                if branch.state.done:
+                    leaves[branch.problem].append(branch)
+            ended = {b.problem for b in stepped} - going
+            in_flight -= len(ended)
+            finished += len(ended)
+            if progress is not None:
+                progress(finished, len(problems))
+        by_index: list[list] = [[None] * len(problems) for _ in range(kappas.size)]
+        for index, branches in enumerate(leaves):
+            for branch in branches:
+                for j in range(branch.low, branch.high):
+                    by_index[j][index] = branch.state
+        log.info(
+            "solved %d problems at %d thresholds along %d trajectories in %.1f s",
+            len(problems),
+            kappas.size,
+            sum(len(branches) for branches in leaves),
+            time.perf_counter() - started,
+        )
+        return dict(zip(kappas.tolist(), by_index, strict=True))
+
+    async def _fork_step(
+        self, branches: list[_Branch], rule: ThresholdRule, kappas: np.ndarray
+    ) -> list[_Branch]:
+        """One step of every branch; a branch whose thresholds part at this draft's score forks
+        (thresholds up to the score escalate, those above keep the draft)."""
+        states = [b.state for b in branches]
+        drafts, obs, routing = await self._drafted(states, rule)
+        began = time.perf_counter()
+        scores = np.asarray(rule.scores(obs), dtype=np.float64)
+        routing += time.perf_counter() - began
+        # score >= kappa escalates (`ThresholdRule.decide_with_scores`): kappas[low:cut] do.
+        cuts = np.searchsorted(kappas, scores, side="right")
+        escalate = rule.num_actions - 1
+        stepped, rows, actions = [], [], []
+        for row, (branch, cut) in enumerate(zip(branches, cuts.tolist(), strict=True)):
+            cut = min(max(cut, branch.low), branch.high)
+            if branch.low < cut:  # some thresholds escalate: in a copy if others keep
+                state = branch.state.fork() if cut < branch.high else branch.state
+                stepped.append(_Branch(branch.problem, state, branch.low, cut))
+                rows.append(row)
+                actions.append(escalate)
+            if cut < branch.high:
+                stepped.append(_Branch(branch.problem, branch.state, cut, branch.high))
+                rows.append(row)
+                actions.append(0)
+        await self._take(
+            [b.state for b in stepped],
+            [drafts[row] for row in rows],
+            obs.features[rows],
+            actions,
+            scores[rows],
+            routing,
+            rule,
+        )
+        return stepped
+
     # ------------------------------------------------------------------ grading
 
     def is_correct(self, state: ReasoningState) -> bool:
@@ -413,3 +529,14 @@ class Controller:
 def _mean(values: Sequence[float]) -> float:
     finite = [v for v in values if math.isfinite(v)]
     return sum(finite) / len(finite) if finite else math.nan
+
+
+@dataclasses.dataclass
+class _Branch:
+    """One trajectory of `Controller.run_thresholds`: problem `problem`'s state, which the
+    thresholds kappas[low:high] all reach."""
+
+    problem: int
+    state: ReasoningState
+    low: int
+    high: int

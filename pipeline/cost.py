@@ -79,6 +79,13 @@ class ProcessedTokens:
         self.tokens = [*context, *generated]
         return Charge(len(context) - shared, shared, len(generated), drafting)
 
+    def copy(self) -> ProcessedTokens:
+        """The same cache, charged separately from here on (the token list is never changed in
+        place, only replaced, so the copy shares it)."""
+        twin = ProcessedTokens()
+        twin.tokens = self.tokens
+        return twin
+
 
 def _flops(model: ModelConfig, charge: Charge) -> float:
     if model.cost.parameters is None:

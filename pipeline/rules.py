@@ -113,6 +113,13 @@ class ThresholdRule(RoutingRule):
         actions = np.where(scores >= self.threshold, self.num_actions - 1, 0).astype(np.int64)
         return actions, scores
 
+    def decides_by_score_alone(self) -> bool:
+        """Is every decision `scores(obs) >= threshold`, with scores that do not depend on the
+        threshold or on earlier decisions? Then the runs of many thresholds share each problem's
+        trajectory up to the first step whose score falls between them
+        (`Controller.run_thresholds`)."""
+        return True
+
     def with_threshold(self, threshold: float) -> ThresholdRule:
         """The same rule at another operating point."""
         clone = object.__new__(type(self))
@@ -225,6 +232,9 @@ class OracleRule(ThresholdRule):
         clone = super().with_threshold(threshold)
         clone._repaired = {}  # a new run counts its own repairs
         return clone
+
+    def decides_by_score_alone(self) -> bool:
+        return self.repairs is None  # a repair cap counts the run's earlier escalations
 
     def decide_with_scores(self, obs: Observation) -> tuple[np.ndarray, np.ndarray]:
         actions, scores = super().decide_with_scores(obs)

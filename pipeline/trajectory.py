@@ -7,6 +7,7 @@ They are plain data: nothing here calls an engine or a tokenizer.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -61,6 +62,20 @@ class ReasoningState:
     routing_seconds: float = 0.0
     # The cost when the current step began: the step's own cost is what was paid since.
     _step_start_cost: float = 0.0
+
+    def fork(self) -> ReasoningState:
+        """The trajectory so far, to be advanced separately from here on: the kept steps
+        (immutable) are shared, the contexts, costs and caches copied."""
+        return dataclasses.replace(
+            self,
+            contexts={name: list(ids) for name, ids in self.contexts.items()},
+            prompt_lengths=dict(self.prompt_lengths),
+            steps=list(self.steps),
+            costs=dict(self.costs),
+            processed={name: tokens.copy() for name, tokens in self.processed.items()},
+            cost_by_model=dict(self.cost_by_model),
+            tokens_by_model=dict(self.tokens_by_model),
+        )
 
     @property
     def solution(self) -> str:

@@ -214,3 +214,53 @@ def test_an_evaluation_tokenizes_each_prompt_once_for_all_its_runs(
     assert sorted(set(rows.rule)) == ["large_only", "small_only"] and len(rows) == 8
     # Two runs over four problems: each prompt was encoded once per model, not once per run.
     assert sum(t.encodes for t in counting.values()) == 4 * len(counting)
+
+
+def _trajectory(state) -> tuple:
+    """Everything a row of the evaluation reads from a state, and the steps themselves (their
+    scores apart: `_scores`)."""
+    steps = tuple((s.model, s.text, s.cost, s.draft_text) for s in state.steps)
+    return (
+        state.problem.id,
+        steps,
+        state.cost,
+        tuple(sorted(state.costs.items())),
+        tuple(sorted(state.cost_by_model.items())),
+        tuple(sorted(state.tokens_by_model.items())),
+        state.stop_reason,
+        state.final_answer,
+    )
+
+
+@pytest.mark.parametrize("name", ["confidence_threshold", "random", "policy"])
+def test_thresholds_in_one_pass_give_each_threshold_its_own_run(controller, problems, name) -> None:
+    from pipeline.rules import NEVER
+
+    rule = make_rule(name)  # policy: the hand-set linear one
+    probe = asyncio.run(controller.run(problems, rule.with_threshold(NEVER), concurrency=4))
+    scores = sorted({s.score for state in probe for s in state.steps})
+    # Thresholds between the drafts' scores and at both ends, and for the handcrafted rules at
+    # the scores themselves (a tie escalates). A network's float32 score of a draft moves in
+    # the 7th digit with the batch it is scored in, so at a tie the policy's decision could go
+    # either way in a run of its own too.
+    middles = [(a + b) / 2 for a, b in zip(scores, scores[1:], strict=False)]
+    ties = scores[::3] if name != "policy" else []
+    thresholds = sorted({0.0, *ties, *middles[1::3], 2.0})
+    together = asyncio.run(controller.run_thresholds(problems, rule, thresholds, concurrency=4))
+    assert sorted(together) == thresholds
+    for threshold in thresholds:
+        alone = asyncio.run(controller.run(problems, rule.with_threshold(threshold), concurrency=4))
+        assert [_trajectory(s) for s in together[threshold]] == [_trajectory(s) for s in alone]
+        # The handcrafted rules' scores do not move at all.
+        shared = [s.score for state in together[threshold] for s in state.steps]
+        own = [s.score for state in alone for s in state.steps]
+        assert shared == (pytest.approx(own, rel=1e-5) if name == "policy" else own)
+    # Fewer trajectories than runs, and more than one a problem: thresholds did part.
+    trajectories = {id(s) for states in together.values() for s in states}
+    assert len(problems) < len(trajectories) < len(problems) * len(thresholds)
+
+
+def test_a_rule_that_counts_its_escalations_is_not_run_in_one_pass(controller, problems) -> None:
+    capped = make_rule("oracle", repairs=1)
+    with pytest.raises(ValueError, match="not its score against a threshold"):
+        asyncio.run(controller.run_thresholds(problems, capped, [0.5]))

@@ -156,6 +156,20 @@ async def evaluate_with(
         if points_dir is not None:  # the calibrated operating points, too
             thresholds |= {p.kappa for p in load_operating_points(points_dir)}
         ordered = sorted(thresholds, reverse=True)
+        if ev.shared_trajectories and rule.decides_by_score_alone():
+            # Every operating point in one pass: each problem is solved once per distinct
+            # trajectory, not once per point (`Controller.run_thresholds`).
+            shown = f"{label} at {len(ordered)} thresholds"
+            by_threshold = await controller.run_thresholds(
+                problems,
+                rule,
+                ordered,
+                concurrency=ev.concurrency,
+                progress=(lambda done, total: progress(shown, done, total)) if progress else None,
+            )
+            for threshold in ordered:
+                rows.extend(_rows(label, threshold, by_threshold[threshold], controller, traces))
+            return
         # The operating points run side by side: one point's last, thinly batched rounds
         # overlap the others' work, and the small and the large engine work at the same time.
         gate = asyncio.Semaphore(ev.points_in_flight)
