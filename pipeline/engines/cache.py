@@ -187,12 +187,28 @@ class CachedEngine:
 
     async def generate_batch(self, requests: list[StepRequest]) -> list[StepResult]:
         results: list[StepResult | None] = [self.cache.get(self.fingerprint, r) for r in requests]
-        missing = [i for i, result in enumerate(results) if result is None]
-        if missing:
-            fresh = await self.engine.generate_batch([requests[i] for i in missing])
-            for i, result in zip(missing, fresh, strict=True):
+        # A deterministic request that a batch holds twice (two trajectories that reached the
+        # same context, e.g. where the large model wrote the very step the draft had) goes to
+        # the engine once.
+        sent: list[int] = []
+        first: dict[str, int] = {}
+        copies: list[tuple[int, int]] = []
+        for i, result in enumerate(results):
+            if result is not None:
+                continue
+            key = self.cache.key(self.fingerprint, requests[i])
+            if requests[i].deterministic and key in first:
+                copies.append((i, first[key]))
+                continue
+            first.setdefault(key, i)
+            sent.append(i)
+        if sent:
+            fresh = await self.engine.generate_batch([requests[i] for i in sent])
+            for i, result in zip(sent, fresh, strict=True):
                 self.cache.put(self.fingerprint, requests[i], result)
                 results[i] = result
+        for i, j in copies:
+            results[i] = results[j]
         return results  # type: ignore[return-value]
 
     async def reset_prefix_cache(self) -> None:

@@ -44,3 +44,31 @@ def test_engines_it_starts_are_released_on_exit(testbed_cfg) -> None:
 
     engine = asyncio.run(run())
     assert engine._engine is None  # the in-process vLLM engine was shut down
+
+
+class CountingEngine:
+    """The real engine, counting the requests that reach it."""
+
+    def __init__(self, engine) -> None:
+        self._engine = engine
+        self.requests = 0
+
+    async def generate_batch(self, requests):
+        self.requests += len(requests)
+        return await self._engine.generate_batch(requests)
+
+    def __getattr__(self, name):
+        return getattr(self._engine, name)
+
+
+def test_a_context_twice_in_one_batch_is_generated_once(testbed_engines) -> None:
+    from pipeline.engines.cache import CachedEngine
+
+    counting = CountingEngine(testbed_engines["small"])
+    cached = CachedEngine(counting, StepCache())
+    same, other = _request(), StepRequest(prompt_token_ids=(4, 5, 6), max_tokens=4)
+    sampled = StepRequest(prompt_token_ids=(1, 2, 3), max_tokens=4, temperature=0.7, seed=None)
+    results = asyncio.run(cached.generate_batch([same, other, same, sampled, sampled]))
+    assert counting.requests == 4  # `same` once; a sampled request is a draw of its own each time
+    assert results[2] == results[0] and results[1] != results[0]
+    assert asyncio.run(testbed_engines["small"].generate(same)) == results[0]
