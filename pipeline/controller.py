@@ -9,9 +9,10 @@ batched primitives are the whole vocabulary of routing:
     steps = await controller.escalate(states, "large") # a larger model writes the step instead
     controller.advance(state, step, model)             # append the kept step to every context
 
-`run(problems, rule)` drives them for a routing rule; the RLlib environment calls the same
-primitives with the policy's actions, and the Serve router calls `solve` for one request. Nothing
-else implements the step loop.
+`run(problems, rule)` drives them for a routing rule, and `run_thresholds` for many thresholds
+of one rule at once (their runs share each problem's trajectory until a score parts them); the
+RLlib environment calls the same primitives with the policy's actions, and the Serve router calls
+`solve` for one request. Nothing else implements the step loop.
 
 A kept step is appended to every model's context as token ids. Models that share a vocabulary
 (the testbed pair, Qwen2.5-Math 1.5B/7B) get the very ids generated; a model with another
@@ -442,8 +443,11 @@ class Controller:
         reached its state and forks where they part (the escalating ones go on in a copy).
         Calibration's grid of ~225 thresholds takes a handful of trajectories per problem
         instead of 225 runs. Returns {threshold: the states in `problems`' order}; every
-        threshold's states are those its own `run` gives (same drafts, decisions and costs).
-        `concurrency` problems are started at a time; their branches step together."""
+        threshold's states are those its own `run` gives (same drafts, decisions and costs), but
+        for a network's float32 score, which moves in the 7th digit with the batch a draft is
+        scored in, so a draft scored within that of a threshold may be decided either way (as in
+        any two runs that batch it differently). `concurrency` problems are started at a time;
+        their branches step together, and every trajectory is held until the pass ends."""
         if not (isinstance(rule, ThresholdRule) and rule.decides_by_score_alone()):
             raise ValueError(f"{rule.name}: its decisions are not its score against a threshold")
         kappas = np.asarray(sorted({float(t) for t in thresholds}), dtype=np.float64)
@@ -494,8 +498,9 @@ class Controller:
         began = time.perf_counter()
         scores = np.asarray(rule.scores(obs), dtype=np.float64)
         routing += time.perf_counter() - began
-        # score >= kappa escalates (`ThresholdRule.decide_with_scores`): kappas[low:cut] do.
-        cuts = np.searchsorted(kappas, scores, side="right")
+        # score >= kappa escalates (`ThresholdRule.decide_with_scores`): kappas[low:cut] do; a
+        # NaN score escalates at none.
+        cuts = np.where(np.isnan(scores), 0, np.searchsorted(kappas, scores, side="right"))
         escalate = rule.num_actions - 1
         stepped, rows, actions = [], [], []
         for row, (branch, cut) in enumerate(zip(branches, cuts.tolist(), strict=True)):

@@ -11,7 +11,7 @@ from pipeline.controller import Controller
 from pipeline.data import load_split
 from pipeline.engines.types import StepRequest
 from pipeline.features import Observation
-from pipeline.rules import RoutingRule, make_rule
+from pipeline.rules import RoutingRule, ThresholdRule, make_rule
 
 
 class EscalateStep(RoutingRule):
@@ -258,6 +258,29 @@ def test_thresholds_in_one_pass_give_each_threshold_its_own_run(controller, prob
     # Fewer trajectories than runs, and more than one a problem: thresholds did part.
     trajectories = {id(s) for states in together.values() for s in states}
     assert len(problems) < len(trajectories) < len(problems) * len(thresholds)
+
+
+class UnsureAtStepOne(ThresholdRule):
+    """Confidence, with no score at all (NaN) for every second step: such a draft is kept at
+    every threshold (a rule written for this test)."""
+
+    name = "unsure_at_step_one"
+
+    def scores(self, obs: Observation) -> np.ndarray:
+        confidence = 1.0 - obs.features[:, 0].astype(np.float64)
+        return np.where(np.asarray(obs.step_indices) % 2 == 1, np.nan, confidence)
+
+
+def test_a_score_of_nan_is_kept_at_every_threshold_in_one_pass(controller, problems) -> None:
+    rule = UnsureAtStepOne()
+    thresholds = [0.0, 0.01, 0.1, 0.5]
+    together = asyncio.run(controller.run_thresholds(problems, rule, thresholds, concurrency=4))
+    for threshold in thresholds:
+        alone = asyncio.run(controller.run(problems, rule.with_threshold(threshold), concurrency=4))
+        assert [_trajectory(s) for s in together[threshold]] == [_trajectory(s) for s in alone]
+    always = together[0.0]
+    assert all(not step.escalated for s in always for step in s.steps[1::2])
+    assert all(step.escalated for s in always for step in s.steps[0::2])
 
 
 def test_a_rule_that_counts_its_escalations_is_not_run_in_one_pass(controller, problems) -> None:
