@@ -498,9 +498,7 @@ class Controller:
         began = time.perf_counter()
         scores = np.asarray(rule.scores(obs), dtype=np.float64)
         routing += time.perf_counter() - began
-        # score >= kappa escalates (`ThresholdRule.decide_with_scores`): kappas[low:cut] do; a
-        # NaN score escalates at none.
-        cuts = np.where(np.isnan(scores), 0, np.searchsorted(kappas, scores, side="right"))
+        cuts = rule.escalating(scores, kappas)  # kappas[low:cut] escalate, kappas[cut:high] keep
         escalate = rule.num_actions - 1
         stepped, rows, actions = [], [], []
         for row, (branch, cut) in enumerate(zip(branches, cuts.tolist(), strict=True)):

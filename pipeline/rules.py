@@ -110,8 +110,18 @@ class ThresholdRule(RoutingRule):
 
     def decide_with_scores(self, obs: Observation) -> tuple[np.ndarray, np.ndarray]:
         scores = self.scores(obs)
-        actions = np.where(scores >= self.threshold, self.num_actions - 1, 0).astype(np.int64)
+        escalated = self.escalating(scores, np.asarray([self.threshold])) > 0
+        actions = np.where(escalated, self.num_actions - 1, 0).astype(np.int64)
         return actions, scores
+
+    @staticmethod
+    def escalating(scores: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+        """For each score, how many of the ascending `thresholds` escalate its draft: every
+        threshold at or below the score (a NaN score: none). The one definition of a threshold
+        decision, for one threshold (`decide_with_scores`) and for many at once
+        (`Controller.run_thresholds`)."""
+        scores = np.asarray(scores, dtype=np.float64)
+        return np.where(np.isnan(scores), 0, np.searchsorted(thresholds, scores, side="right"))
 
     def decides_by_score_alone(self) -> bool:
         """Is every decision `scores(obs) >= threshold`, with scores that do not depend on the

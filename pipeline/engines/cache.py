@@ -196,11 +196,12 @@ class CachedEngine:
         for i, result in enumerate(results):
             if result is not None:
                 continue
-            key = self.cache.key(self.fingerprint, requests[i])
-            if requests[i].deterministic and key in first:
-                copies.append((i, first[key]))
-                continue
-            first.setdefault(key, i)
+            if requests[i].deterministic:  # a sampled request is a draw of its own each time
+                key = self.cache.key(self.fingerprint, requests[i])
+                if key in first:
+                    copies.append((i, first[key]))
+                    continue
+                first[key] = i
             sent.append(i)
         if sent:
             fresh = await self.engine.generate_batch([requests[i] for i in sent])
