@@ -100,6 +100,31 @@ def _rows(
     return rows
 
 
+def _threshold_rows(
+    label: str,
+    thresholds: list[float],
+    by_threshold: dict[float, list[ReasoningState]],
+    controller,
+    traces: bool,
+) -> pd.DataFrame:
+    """`_rows` of every threshold of a one-pass run (`Controller.run_thresholds`), each distinct
+    state's row built once: the thresholds share most of their states, and calibration's ~225
+    thresholds times a few thousand problems as one dict a row took GiBs."""
+    position: dict[int, int] = {}  # id(state) -> its row among the distinct states
+    distinct: list[ReasoningState] = []
+    picks: list[int] = []
+    for threshold in thresholds:
+        for state in by_threshold[threshold]:
+            row = position.setdefault(id(state), len(distinct))
+            if row == len(distinct):
+                distinct.append(state)
+            picks.append(row)
+    table = pd.DataFrame(_rows(label, math.nan, distinct, controller, traces))
+    table = table.iloc[picks].reset_index(drop=True)
+    table["threshold"] = np.repeat(thresholds, len(picks) // max(1, len(thresholds)))
+    return table
+
+
 def _thresholds(probe: list[ReasoningState], targets: tuple[float, ...]) -> list[float]:
     """Thresholds at which the given fraction of the probe's drafts would escalate."""
     scores = np.asarray([s.score for state in probe for s in state.steps if s.score is not None])
@@ -124,7 +149,7 @@ async def evaluate_with(
     per folder, its rows labelled with the label instead of `policy`. `traces=False` leaves out
     each row's step-by-step trace (calibration's grid of hundreds of κ keeps none)."""
     ev = cfg.evaluation
-    rows: list[dict] = []
+    parts: list[pd.DataFrame] = []  # rows, in order: rule by rule, point by point
     skipped: dict[str, str] = {}
     # Every rule and operating point starts the same problems: tokenize their prompts once
     # (calibration's grid starts each problem ~225 times).
@@ -145,10 +170,11 @@ async def evaluate_with(
 
     async def sweep(rule: RoutingRule, label: str, points_dir: Path | None = None) -> None:
         if not isinstance(rule, ThresholdRule):
-            rows.extend(_rows(label, math.nan, await run(rule, label), controller, traces))
+            states = await run(rule, label)
+            parts.append(pd.DataFrame(_rows(label, math.nan, states, controller, traces)))
             return
         probe = await run(rule.with_threshold(NEVER), label)
-        rows.extend(_rows(label, NEVER, probe, controller, traces))
+        parts.append(pd.DataFrame(_rows(label, NEVER, probe, controller, traces)))
         if rule.thresholds:  # a rule with operating points of its own (the oracle)
             thresholds = set(rule.thresholds) | {0.0}
         else:
@@ -167,8 +193,7 @@ async def evaluate_with(
                 concurrency=ev.concurrency,
                 progress=(lambda done, total: progress(shown, done, total)) if progress else None,
             )
-            for threshold in ordered:
-                rows.extend(_rows(label, threshold, by_threshold[threshold], controller, traces))
+            parts.append(_threshold_rows(label, ordered, by_threshold, controller, traces))
             return
         # The operating points run side by side: one point's last, thinly batched rounds
         # overlap the others' work, and the small and the large engine work at the same time.
@@ -182,7 +207,7 @@ async def evaluate_with(
             return _rows(label, threshold, states, controller, traces)
 
         for point_rows in await asyncio.gather(*(point(t) for t in ordered)):
-            rows.extend(point_rows)
+            parts.append(pd.DataFrame(point_rows))
 
     policy_dir = policy_folder(cfg)
     for name in dict.fromkeys(["small_only", "large_only", *rules]):
@@ -195,7 +220,7 @@ async def evaluate_with(
             continue
         params = {"policy": str(policy_dir)} if name == "policy" and policy_dir else {}
         await sweep(make_rule(name, **params), name, points_folder(cfg, name))
-    return pd.DataFrame(rows), skipped
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(), skipped
 
 
 def seed_policies(cfg: ExperimentConfig, seeds: list[int]) -> dict[str, Path]:
