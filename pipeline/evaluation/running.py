@@ -108,8 +108,9 @@ def _threshold_rows(
     traces: bool,
 ) -> pd.DataFrame:
     """`_rows` of every threshold of a one-pass run (`Controller.run_thresholds`), each distinct
-    state's row built once: the thresholds share most of their states, and calibration's ~225
-    thresholds times a few thousand problems as one dict a row took GiBs."""
+    state's row built once: the thresholds share most of their states. Calibration's ~225
+    thresholds times 4,160 problems as one dict a row took ~23 s and ~0.55 GiB more
+    (benchmarks/RESULTS.md, "Calibration, every κ in one pass")."""
     position: dict[int, int] = {}  # id(state) -> its row among the distinct states
     distinct: list[ReasoningState] = []
     picks: list[int] = []
