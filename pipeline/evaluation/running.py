@@ -116,13 +116,13 @@ def _threshold_rows(
     picks: list[int] = []
     for threshold in thresholds:
         for state in by_threshold[threshold]:
-            row = position.setdefault(id(state), len(distinct))
-            if row == len(distinct):
+            if id(state) not in position:
+                position[id(state)] = len(distinct)
                 distinct.append(state)
-            picks.append(row)
+            picks.append(position[id(state)])
     table = pd.DataFrame(_rows(label, math.nan, distinct, controller, traces))
     table = table.iloc[picks].reset_index(drop=True)
-    table["threshold"] = np.repeat(thresholds, len(picks) // max(1, len(thresholds)))
+    table["threshold"] = np.repeat(thresholds, [len(by_threshold[t]) for t in thresholds])
     return table
 
 
